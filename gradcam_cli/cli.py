@@ -1,0 +1,159 @@
+"""The `gradcam` command line: parse, call one library function, map errors to exit codes.
+
+Nothing heavy is imported at module level so `gradcam --help` stays fast (no torch).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gradcam_cli import __version__
+from gradcam_cli.errors import GradcamError
+
+app = typer.Typer(
+    name="gradcam",
+    help="Explain image classifiers with Grad-CAM: heatmaps, overlays and a JSON manifest for every image.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _fail(error: GradcamError) -> typer.Exit:
+    typer.echo(f"gradcam: error: {error}", err=True)
+    return typer.Exit(code=error.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gradcam-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Explain image classifiers with Grad-CAM."""
+
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file (see README).")]
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@app.command()
+def run(
+    config: ConfigOption,
+    inputs: Annotated[
+        list[str],
+        typer.Option(
+            "--input", "-i", help="Image folder (recursive), image file, or - for paths on stdin. Repeatable."
+        ),
+    ],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (overrides output.dir).")] = None,
+    method: Annotated[str | None, typer.Option(help="CAM method (overrides cam.method).")] = None,
+    target_layer: Annotated[
+        str | None, typer.Option(help="Dotted module name(s), comma-separated, or auto (overrides model.target_layer).")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Explain the top K predicted classes (cam.targets: topk).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (overrides runtime.batch_size).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps (overrides runtime.device).")
+    ] = None,
+    workers: Annotated[
+        str | None, typer.Option(help="Decode worker processes, or auto (overrides runtime.workers).")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (overrides runtime.precision).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Process at most N images.")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first image that fails.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary line.")] = False,
+) -> None:
+    """Explain every image of the inputs; write heatmaps, overlays, records.jsonl and manifest.json.
+
+    Exit codes: 0 all images ok, 1 some images failed, 2 usage or config error (nothing written).
+    """
+    from gradcam_cli.config import load_config
+
+    layer: Any = target_layer
+    if target_layer is not None and "," in target_layer:
+        layer = [name.strip() for name in target_layer.split(",") if name.strip()]
+    parsed_workers: Any = workers
+    if workers is not None and workers != "auto":
+        parsed_workers = int(workers) if workers.isdigit() else workers
+    overrides = _overrides(
+        **{
+            "output.dir": str(output) if output is not None else None,
+            "cam.method": method,
+            "model.target_layer": layer,
+            "cam.top_k": top_k,
+            "runtime.batch_size": batch_size,
+            "runtime.device": device,
+            "runtime.workers": parsed_workers,
+            "runtime.precision": precision,
+        }
+    )
+    try:
+        cfg = load_config(config, overrides)
+        if top_k is not None and top_k > 1 and cfg.cam.targets == "top1":
+            cfg = load_config(config, dict(overrides, **{"cam.targets": "topk"}))
+        from gradcam_cli.pipeline import RunOptions
+        from gradcam_cli.pipeline import run as run_pipeline
+
+        summary = run_pipeline(
+            cfg, RunOptions(inputs=inputs, limit=limit, fail_fast=fail_fast, quiet=quiet, stdin=sys.stdin)
+        )
+    except GradcamError as error:
+        raise _fail(error) from None
+    if not quiet:
+        typer.echo(summary.line(), err=True)
+    if summary.interrupted:
+        raise typer.Exit(code=130)
+    raise typer.Exit(code=summary.exit_code)
+
+
+@app.command()
+def layers(config: ConfigOption) -> None:
+    """List the model's modules with their output shapes; mark usable target layers and auto's pick."""
+    from gradcam_cli.config import load_config
+
+    try:
+        cfg = load_config(config)
+        import torch
+
+        from gradcam_cli.models import load_model, trace_layers
+
+        loaded = load_model(cfg.model)
+        height, width = cfg.preprocess.size
+        infos, _ = trace_layers(loaded.module, torch.zeros(1, 3, height, width))
+    except GradcamError as error:
+        raise _fail(error) from None
+    usable = [info.name for info in infos if info.spatial]
+    auto = usable[-1] if usable else None
+    width_name = max((len(info.name) for info in infos), default=4)
+    typer.echo(f"{'layer':<{width_name}}  {'type':<24} {'output shape':<22} target")
+    for info in infos:
+        mark = "auto" if info.name == auto else ("yes" if info.spatial else "")
+        shape = "x".join(str(d) for d in info.shape) if info.shape else "-"
+        typer.echo(f"{info.name:<{width_name}}  {info.kind:<24} {shape:<22} {mark}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

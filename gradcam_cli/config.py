@@ -1,0 +1,358 @@
+"""The one strict config object: YAML in, frozen pydantic models out.
+
+Everything is validated once, here. Unknown keys and bad values become a `ConfigError` that names the
+key and suggests the closest valid one. Relative asset paths (weights, labels, factory files) resolve
+against the config file's folder; `output.dir` resolves against the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from gradcam_cli.errors import ConfigError
+
+# Kept here (not imported from the engine) so loading a config never imports torch;
+# tests/test_engine_methods.py checks this tuple against the engine's registry.
+METHOD_NAMES: tuple[str, ...] = (
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "hirescam",
+    "gradcam-elementwise",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+)
+COLORMAP_NAMES: tuple[str, ...] = (
+    "jet",
+    "turbo",
+    "viridis",
+    "inferno",
+    "magma",
+    "plasma",
+    "hot",
+    "bone",
+    "gray",
+    "parula",
+    "cividis",
+)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    return Path(context.get("base_dir", "."))
+
+
+def looks_like_path(value: str) -> bool:
+    """Weights given as a file (not a torchvision enum name such as IMAGENET1K_V2)."""
+    return "/" in value or "\\" in value or value.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+class ModelConfig(_Strict):
+    """Which network to explain and where its weights, labels and target layer come from."""
+
+    torchvision: str | None = Field(None, description="torchvision model name, e.g. resnet50")
+    factory: str | None = Field(None, description='"pkg.module:fn" or "path/to/file.py:fn" returning a module')
+    pickled: Path | None = Field(None, description="a fully pickled nn.Module (needs allow_pickle: true)")
+    allow_pickle: bool = Field(False, description="opt in to unpickling checkpoints (runs code in the file)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the builder")
+    weights: str | None = Field(None, description="torchvision weights name, DEFAULT, or a checkpoint path")
+    labels: str | list[str] = Field("from-weights", description="from-weights | none | file | inline list")
+    target_layer: str | list[str] = Field("auto", description="dotted module path(s) or auto")
+    output: int | str | None = Field(None, description="how to get scores from the model's return value")
+    num_classes: int | None = Field(None, ge=1, description="expected number of classes (checked)")
+
+    @field_validator("pickled", mode="after")
+    @classmethod
+    def _resolve_pickled(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else (_base_dir(info) / value).resolve()
+
+    @field_validator("weights", mode="after")
+    @classmethod
+    def _resolve_weights(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and looks_like_path(value):
+            return str((_base_dir(info) / value).resolve())
+        return value
+
+    @field_validator("labels", mode="after")
+    @classmethod
+    def _resolve_labels(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        if isinstance(value, str) and value not in ("from-weights", "none"):
+            return str((_base_dir(info) / value).resolve())
+        return value
+
+    @field_validator("factory", mode="after")
+    @classmethod
+    def _resolve_factory(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        target, sep, fn = value.rpartition(":")
+        if not sep or not target or not fn.isidentifier():
+            raise ValueError('factory must look like "pkg.module:function" or "path/to/file.py:function"')
+        if target.endswith(".py"):
+            return f"{(_base_dir(info) / target).resolve()}:{fn}"
+        return value
+
+    @field_validator("target_layer", mode="after")
+    @classmethod
+    def _layers_not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("target_layer list is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ModelConfig:
+        sources = [name for name in ("torchvision", "factory", "pickled") if getattr(self, name) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "model needs exactly one of torchvision, factory or pickled"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        if self.pickled is not None and not self.allow_pickle:
+            raise ValueError(
+                "model.pickled loads a whole pickled model, which can run arbitrary code from the file; "
+                "set model.allow_pickle: true only for files you trust, or save a state_dict and use "
+                "torchvision/factory with weights instead"
+            )
+        return self
+
+    @property
+    def target_layers(self) -> list[str]:
+        return [self.target_layer] if isinstance(self.target_layer, str) else list(self.target_layer)
+
+
+class PreprocessConfig(_Strict):
+    """How a decoded image becomes the model's input tensor (and how heatmaps map back)."""
+
+    size: tuple[int, int] = Field((224, 224), description="model input height, width")
+    resize: Literal["stretch", "letterbox", "center_crop"] = Field("stretch", description="resize mode")
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="per-channel mean (0..1)")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="per-channel std (0..1)")
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 8:
+            raise ValueError("size must be [height, width] with both >= 8")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError("std values must be > 0")
+        return value
+
+
+class CamConfig(_Strict):
+    """Which CAM method and which classes to explain."""
+
+    method: str = Field("gradcam", description="CAM method: " + ", ".join(METHOD_NAMES))
+    targets: Literal["top1", "topk"] | list[str | int] = Field(
+        "top1", description="top1 | topk | a list of class names or indices"
+    )
+    top_k: int = Field(1, ge=1, le=100, description="how many predicted classes to explain with topk")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        name = value.lower()
+        if name not in METHOD_NAMES:
+            raise ValueError(f"unknown method {value!r}{_suggest(value, METHOD_NAMES)}")
+        return name
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("targets list is empty")
+        return value
+
+
+class OutputConfig(_Strict):
+    """What is written to the output folder."""
+
+    dir: Path = Field(Path("gradcam-out"), description="output folder (relative to the working directory)")
+    heatmaps: bool = Field(True, description="write single-channel heatmap PNGs")
+    overlays: bool = Field(True, description="write colour overlays blended over the original image")
+    colormap: Literal[COLORMAP_NAMES] = Field("jet", description="overlay colormap (OpenCV names)")  # type: ignore[valid-type]
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the colormap in the overlay")
+    raw: bool = Field(False, description="also write float32 .npy CAMs (feature and original resolution)")
+    png_compression: int = Field(1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small")
+
+
+class RuntimeConfig(_Strict):
+    """Where and how fast to compute."""
+
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    batch_size: int = Field(32, ge=1, le=4096, description="images per forward pass")
+    workers: Literal["auto"] | int = Field("auto", description="decode worker processes (0: in-process)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_range(cls, value: Literal["auto"] | int) -> Literal["auto"] | int:
+        if isinstance(value, int) and not 0 <= value <= 64:
+            raise ValueError("workers must be auto or 0..64")
+        return value
+
+
+class InputConfig(_Strict):
+    """Which files are read and how they are guarded."""
+
+    extensions: tuple[str, ...] = Field(
+        (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"),
+        description="file extensions treated as images (case-insensitive)",
+    )
+    max_pixels: int = Field(89_478_485, ge=1, description="larger images become error records (bomb guard)")
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lowercase(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(ext.lower() if ext.startswith(".") else "." + ext.lower() for ext in value)
+
+
+class Config(_Strict):
+    """The whole, validated configuration of one run."""
+
+    model: ModelConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    cam: CamConfig = Field(default_factory=CamConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+
+    def config_hash(self) -> str:
+        """Hash of what determines the heatmaps (model, weights, layer, preprocessing, method, targets)."""
+        effective = {
+            "model": self.model.model_dump(mode="json"),
+            "preprocess": self.preprocess.model_dump(mode="json"),
+            "cam": self.cam.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fields_at(loc: tuple[Any, ...]) -> dict[str, Any] | None:
+    """The pydantic fields of the model that owns `loc[-1]` (for "did you mean" suggestions)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model.model_fields
+
+
+def _describe(error: dict[str, Any]) -> str:
+    # Unions report one error per member; keep the path up to the first non-name part.
+    loc = tuple(part for part in error["loc"] if isinstance(part, (str, int)))
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, str) and (part.islower() or "_" in part or part.isidentifier()):
+            parts.append(part)
+        elif isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            break
+    key = ".".join(parts).replace(".[", "[") or "(top level)"
+    if error["type"] == "extra_forbidden":
+        fields = _fields_at(loc) or {}
+        return f"unknown key '{key}'{_suggest(loc[-1], fields)}"
+    if error["type"] == "missing":
+        return f"missing required key '{key}'"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"bad value for '{key}'{shown}: {message}"
+
+
+def parse_config(data: Any, base_dir: Path, source: str = "config") -> Config:
+    """Validate a raw mapping (already merged with CLI overrides) into a `Config`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'model' section.")
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        seen: list[str] = []
+        for error in exc.errors():
+            text = _describe(error)
+            if text not in seen:
+                seen.append(text)
+        raise ConfigError(f"{source}: " + "; ".join(seen[:5]) + ".") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read YAML with `safe_load`; a missing file or a syntax error is a ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}. Pass an existing YAML file with --config.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
+    return data if data is not None else {}
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge CLI overrides given as dotted keys ({"cam.method": "gradcam"}) into raw config data."""
+    merged = json.loads(json.dumps(data, default=str))  # a deep copy; YAML values are JSON-like
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[leaf] = value
+    return merged
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load, merge CLI overrides and validate a config file."""
+    path = Path(path)
+    data = read_config_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with a 'model' section.")
+    return parse_config(apply_overrides(data, overrides or {}), path.resolve().parent, source=str(path))

@@ -1,0 +1,237 @@
+"""The batched CAM engine: hooks scoped to a `with` block, one forward, gradients only to the activation.
+
+The target layer's output is detached and made a leaf that requires grad, so nothing before the target
+layer builds a graph and `torch.autograd.grad(score, activation)` touches only the layers after it;
+parameters are frozen by the model loader. The network continues on a clone of that leaf, so an in-place
+op right after the target layer (ReLU(inplace=True)) cannot change the activation we keep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradcam_cli.engine.methods import CamMethod
+from gradcam_cli.errors import ModelError
+
+NORM_EPS = 1e-7  # as the reference: (cam - min) / (max + 1e-7)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which classes to explain for each image: its top prediction, its top k, or fixed class indices."""
+
+    mode: Literal["top1", "topk", "fixed"] = "top1"
+    k: int = 1
+    classes: tuple[int, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.classes) if self.mode == "fixed" else (1 if self.mode == "top1" else self.k)
+
+
+@dataclass
+class CamBatch:
+    """Engine output for one batch of B images and K targets each (all tensors on the model's device)."""
+
+    probabilities: torch.Tensor  # (B, N) softmax of the scores, float32
+    class_indices: torch.Tensor  # (B, K) explained classes in rank order
+    cams: torch.Tensor  # (B, K, H, W) normalised to [0, 1] at the model input size, float32
+    raw_max: torch.Tensor  # (B, K) maximum of the raw (ReLU'd, not normalised) map, mean over layers
+    raw: torch.Tensor  # (B, K, h, w) raw map of the first target layer at feature resolution
+    quality: list[list[str]]  # (B, K) ok | empty | flat | nonfinite
+
+
+def default_to_spatial(activation: torch.Tensor) -> torch.Tensor:
+    """Activations must be (B, C, h, w) feature maps."""
+    if activation.dim() != 4:
+        raise ModelError(
+            f"the target layer's output has shape {tuple(activation.shape)}, not a (batch, channels, height, "
+            "width) feature map; choose a convolutional layer (see `gradcam layers`)"
+        )
+    return activation
+
+
+def min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map (last two dims) min-max to [0, 1]; an all-zero map stays zero."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    shifted = maps - low
+    return shifted / (shifted.amax(dim=(-2, -1), keepdim=True) + NORM_EPS)
+
+
+def _quality(raw_max: torch.Tensor, raw_min: torch.Tensor, nonfinite: torch.Tensor) -> list[list[str]]:
+    flags: list[list[str]] = []
+    for bmax, bmin, bbad in zip(raw_max.tolist(), raw_min.tolist(), nonfinite.tolist(), strict=True):
+        row = []
+        for top, bottom, bad in zip(bmax, bmin, bbad, strict=True):
+            if bad:
+                row.append("nonfinite")
+            elif top <= 0:
+                row.append("empty")
+            elif top - bottom <= 1e-6 * top:
+                row.append("flat")
+            else:
+                row.append("ok")
+        flags.append(row)
+    return flags
+
+
+class CamEngine:
+    """Computes CAMs for batches of preprocessed images; use inside `with` so hooks never outlive it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module],
+        method: CamMethod,
+        score_fn: Callable[[Any], torch.Tensor] | None = None,
+        precision: str = "fp32",
+        to_spatial: Callable[[torch.Tensor], torch.Tensor] = default_to_spatial,
+    ) -> None:
+        self.model = model
+        self.target_layers = list(target_layers)
+        self.method = method
+        self.score_fn = score_fn or (lambda output: output)
+        self.precision = precision
+        self.to_spatial = to_spatial
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._activations: dict[int, torch.Tensor] = {}
+
+    def __enter__(self) -> CamEngine:
+        for index, layer in enumerate(self.target_layers):
+            self._handles.append(layer.register_forward_hook(self._capture(index)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for handle in self._handles:
+                handle.remove()
+        finally:
+            self._handles.clear()
+            self._activations.clear()
+
+    def _capture(self, index: int) -> Callable[..., torch.Tensor | None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor | None:
+            if not torch.is_tensor(output):
+                raise ModelError(
+                    f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "
+                    "choose a layer that outputs a feature map (see `gradcam layers`)"
+                )
+            if not torch.is_grad_enabled():
+                self._activations[index] = output.detach()
+                return None
+            leaf = output.detach().requires_grad_(True)
+            self._activations[index] = leaf
+            return leaf.clone()
+
+        return hook
+
+    def _autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device_type, dtype=dtype)
+
+    def scores(self, output: Any) -> torch.Tensor:
+        logits = self.score_fn(output)
+        if not torch.is_tensor(logits) or logits.dim() != 2:
+            raise ModelError(
+                "the model's scores must be a (batch, classes) tensor; set model.output to pick them "
+                f"from what the model returns (got {describe_output(output)})"
+            )
+        return logits
+
+    def explain(self, images: torch.Tensor, targets: TargetSpec) -> CamBatch:
+        """CAMs for a batch of normalised images (B, 3, H, W) already on the model's device."""
+        if not self._handles:
+            raise RuntimeError("CamEngine.explain must run inside `with engine:`")
+        needs_gradients = self.method.needs_gradients
+        try:
+            with torch.set_grad_enabled(needs_gradients), self._autocast(images.device.type):
+                logits = self.scores(self.model(images))
+            missing = [i for i in range(len(self.target_layers)) if i not in self._activations]
+            if missing:
+                raise ModelError("a target layer was not called during the forward pass; choose another layer")
+            activations = [self._activations[i] for i in range(len(self.target_layers))]
+            probabilities = torch.softmax(logits.detach().float(), dim=1)
+            classes = self._select(probabilities, targets)
+            maps = self._layer_maps(logits, activations, classes)  # per layer: (B, K, h, w)
+        finally:
+            self._activations.clear()
+        return self._normalise(maps, probabilities, classes, tuple(images.shape[-2:]))
+
+    @staticmethod
+    def _select(probabilities: torch.Tensor, targets: TargetSpec) -> torch.Tensor:
+        batch, num_classes = probabilities.shape
+        if targets.mode == "fixed":
+            return torch.tensor(targets.classes, device=probabilities.device).expand(batch, -1)
+        k = min(targets.count, num_classes)
+        return probabilities.topk(k, dim=1).indices
+
+    def _layer_maps(
+        self, logits: torch.Tensor, activations: list[torch.Tensor], classes: torch.Tensor
+    ) -> list[torch.Tensor]:
+        rule = self.method.rule
+        spatial = [self.to_spatial(a).float() for a in activations]
+        if not self.method.needs_gradients:
+            return [rule(a, None)[:, None].expand(-1, classes.shape[1], -1, -1) for a in spatial]
+        per_target: list[list[torch.Tensor]] = [[] for _ in activations]
+        count = classes.shape[1]
+        for k in range(count):
+            # Images are independent, so one backward of the summed scores gives every image its gradient.
+            score = logits.gather(1, classes[:, k : k + 1]).sum()
+            gradients = torch.autograd.grad(score, activations, retain_graph=k < count - 1, allow_unused=True)
+            for layer, (activation, gradient) in enumerate(zip(spatial, gradients, strict=True)):
+                if gradient is None:
+                    raise ModelError("the class scores do not depend on the target layer; choose an earlier layer")
+                per_target[layer].append(rule(activation, self.to_spatial(gradient).float()))
+        return [torch.stack(maps, dim=1) for maps in per_target]
+
+    @staticmethod
+    def _normalise(
+        maps: list[torch.Tensor], probabilities: torch.Tensor, classes: torch.Tensor, size: tuple[int, int]
+    ) -> CamBatch:
+        with torch.no_grad():
+            nonfinite = torch.zeros(classes.shape, dtype=torch.bool, device=classes.device)
+            resized, raw_max, raw_min = [], [], []
+            for layer_map in maps:
+                layer_map = layer_map.detach()
+                nonfinite |= ~torch.isfinite(layer_map).all(dim=-1).all(dim=-1)
+                cam = torch.nan_to_num(layer_map, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0)
+                raw_max.append(cam.amax(dim=(-2, -1)))
+                raw_min.append(cam.amin(dim=(-2, -1)))
+                b, k, h, w = cam.shape
+                scaled = F.interpolate(
+                    min_max(cam).reshape(b * k, 1, h, w), size=size, mode="bilinear", align_corners=False
+                )
+                resized.append(scaled.reshape(b, k, *size))
+            cams = min_max(torch.stack(resized).mean(dim=0))
+            top = torch.stack(raw_max).mean(dim=0)
+            bottom = torch.stack(raw_min).mean(dim=0)
+            first = torch.nan_to_num(maps[0].detach(), nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0)
+        return CamBatch(
+            probabilities=probabilities,
+            class_indices=classes,
+            cams=cams,
+            raw_max=top,
+            raw=first,
+            quality=_quality(top, bottom, nonfinite),
+        )
+
+
+def describe_output(output: Any) -> str:
+    """A short description of what a model returned, for error messages."""
+    if torch.is_tensor(output):
+        return f"tensor of shape {tuple(output.shape)}"
+    if isinstance(output, dict):
+        return "dict with keys " + ", ".join(repr(k) for k in list(output)[:10])
+    if isinstance(output, (tuple, list)):
+        return f"{type(output).__name__} of {len(output)}: " + ", ".join(describe_output(o) for o in output[:5])
+    fields = [name for name in dir(output) if not name.startswith("_")][:10]
+    return f"{type(output).__name__} with attributes " + ", ".join(fields)

@@ -1,0 +1,34 @@
+"""Error types the CLI maps to exit codes.
+
+Per-image failures are data (error records), not exceptions; these are for problems that stop a run
+before (or instead of) any work.
+"""
+
+from __future__ import annotations
+
+# Exit codes are part of the public contract (README "Exit codes").
+EXIT_OK = 0
+EXIT_IMAGES_FAILED = 1
+EXIT_USAGE = 2
+
+
+class GradcamError(Exception):
+    """A problem the user can fix; the message is one paragraph that says how."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(GradcamError):
+    """The config file, a CLI option or a referenced asset (weights, labels, factory) is unusable."""
+
+
+class ModelError(GradcamError):
+    """The model could not be built, loaded or used as configured."""
+
+
+class InputError(GradcamError):
+    """An --input path does not exist or yields nothing usable."""
+
+
+class OutputError(GradcamError):
+    """The output folder cannot be written (permissions, disk full)."""

@@ -1,0 +1,61 @@
+"""Output layout and the per-image write job (run in a thread pool, overlapping compute).
+
+Names mirror the input's relative path with ".png" appended, so `a.jpg` and `a.png` stay distinct
+(`a.jpg.png`, `a.png.png`); with several explained classes per image each gets `.cls<index>.png`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gradcam_cli.io.files import atomic_open, atomic_write_bytes, encode_png, inside
+from gradcam_cli.io.overlay import blend
+
+HEATMAPS = "heatmaps"
+OVERLAYS = "overlays"
+RAW = "raw"
+
+
+def output_name(path: str, class_index: int, several: bool, suffix: str = ".png") -> str:
+    """Relative name (below heatmaps/, overlays/ or raw/) for one image and class."""
+    return f"{path}.cls{class_index}{suffix}" if several else f"{path}{suffix}"
+
+
+@dataclass
+class OutputJob:
+    """Everything needed to write one image's files; independent of torch."""
+
+    out_dir: Path
+    names: list[str]  # per explained class, relative to heatmaps/ and overlays/
+    heatmaps: np.ndarray  # (K, H0, W0) uint8
+    original: np.ndarray | None  # (H0, W0, 3) uint8 RGB; None when overlays are off
+    write_heatmaps: bool
+    colormap: str
+    alpha: float
+    compression: int
+    raw_feature: np.ndarray | None = None  # (K, h, w) float32
+    raw_original: np.ndarray | None = None  # (K, H0, W0) float32
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_open(path) as handle:
+        np.save(handle, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+
+
+def write_outputs(job: OutputJob) -> None:
+    """Encode and atomically write the heatmap, overlay (and raw) files of one image."""
+    for k, name in enumerate(job.names):
+        heatmap = job.heatmaps[k]
+        if job.write_heatmaps:
+            atomic_write_bytes(inside(job.out_dir / HEATMAPS, name), encode_png(heatmap, job.compression))
+        if job.original is not None:
+            overlay = blend(job.original, heatmap, job.colormap, job.alpha)
+            atomic_write_bytes(inside(job.out_dir / OVERLAYS, name), encode_png(overlay, job.compression))
+        if job.raw_feature is not None:
+            stem = name.removesuffix(".png")
+            _save_npy(inside(job.out_dir / RAW, stem + ".feature.npy"), job.raw_feature[k])
+            if job.raw_original is not None:
+                _save_npy(inside(job.out_dir / RAW, stem + ".npy"), job.raw_original[k])

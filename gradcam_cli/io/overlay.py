@@ -1,0 +1,33 @@
+"""Colour: heatmaps to colormaps, blended over the original image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+_COLORMAPS = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "magma": cv2.COLORMAP_MAGMA,
+    "plasma": cv2.COLORMAP_PLASMA,
+    "hot": cv2.COLORMAP_HOT,
+    "bone": cv2.COLORMAP_BONE,
+    "gray": None,
+    "parula": cv2.COLORMAP_PARULA,
+    "cividis": cv2.COLORMAP_CIVIDIS,
+}
+
+
+def colorize(heatmap: np.ndarray, colormap: str) -> np.ndarray:
+    """uint8 heatmap (H, W) -> colour image (H, W, 3) in RGB order."""
+    code = _COLORMAPS[colormap]
+    if code is None:
+        return np.repeat(heatmap[:, :, None], 3, axis=2)
+    return cv2.cvtColor(cv2.applyColorMap(heatmap, code), cv2.COLOR_BGR2RGB)
+
+
+def blend(image_rgb: np.ndarray, heatmap: np.ndarray, colormap: str, alpha: float) -> np.ndarray:
+    """The overlay: alpha * colormap(heatmap) + (1 - alpha) * image, rounded to uint8 RGB."""
+    return cv2.addWeighted(colorize(heatmap, colormap), alpha, image_rgb, 1.0 - alpha, 0.0)

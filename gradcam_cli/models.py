@@ -1,0 +1,340 @@
+"""Building the model to explain: source, weights, labels, target layers and how to read its scores.
+
+Checkpoints are loaded without unpickling code (`weights_only=True`, or safetensors) unless the config
+opts in with `model.allow_pickle`. Parameters are frozen: the engine differentiates only with respect to
+the target layer's activation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradcam_cli.config import ModelConfig, looks_like_path
+from gradcam_cli.engine.base import describe_output
+from gradcam_cli.errors import ConfigError, ModelError
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    labels: list[str] | None  # None: class indices are the only names
+    description: dict[str, Any]  # for the manifest: source, weights, checkpoint sha256
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _import_factory(spec: str) -> Callable[..., nn.Module]:
+    target, _, name = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise ConfigError(f"model.factory file not found: {path}.")
+            module_name = f"_gradcam_factory_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+            spec_obj = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec_obj)  # type: ignore[arg-type]
+            sys.modules[module_name] = module
+            spec_obj.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(target)
+    except ConfigError:
+        raise
+    except ImportError as exc:
+        raise ConfigError(f"model.factory: cannot import {target!r}: {exc}.") from None
+    except Exception as exc:  # the user's module raised while importing
+        raise ConfigError(f"model.factory: importing {target!r} failed: {type(exc).__name__}: {exc}.") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ConfigError(f"model.factory: {target!r} has no callable named {name!r}.")
+    return factory
+
+
+def _torchvision_weights(name: str, weights: str) -> Any:
+    from torchvision import models
+
+    try:
+        enum = models.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+    try:
+        return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        choices = ["DEFAULT", *enum.__members__]
+        raise ConfigError(
+            f"model.weights: {weights!r} is not a weights name for {name}; valid: {', '.join(choices)}, "
+            "or a path to a checkpoint file."
+        ) from None
+
+
+def _download_state_dict(weights: Any) -> dict[str, torch.Tensor]:
+    """torchvision weights through torch's own download cache; offline, say what to do instead."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return weights.get_state_dict(progress=False, check_hash=False)
+    except Exception as exc:  # urllib/network errors come in many types
+        raise ModelError(
+            f"cannot load torchvision weights {weights}: the file {cache} is not cached and downloading "
+            f"{weights.url} failed ({type(exc).__name__}: {exc}). Download it once on a machine with "
+            f"internet access and copy it to {cache}, or save a state_dict and set model.weights to its path."
+        ) from None
+
+
+def _build(config: ModelConfig) -> tuple[nn.Module, Any]:
+    """The bare module plus the torchvision weights enum (if any), before loading checkpoint files."""
+    if config.pickled is not None:
+        return _load_pickled(config.pickled), None
+    if config.torchvision is not None:
+        from torchvision import models
+
+        available = models.list_models()
+        if config.torchvision not in available:
+            raise ConfigError(
+                f"model.torchvision: unknown model {config.torchvision!r}"
+                f"{_did_you_mean(config.torchvision, available)}."
+            )
+        enum_weights = None
+        if config.weights is not None and not looks_like_path(config.weights):
+            enum_weights = _torchvision_weights(config.torchvision, config.weights)
+        try:
+            module = models.get_model(config.torchvision, weights=None, **config.kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"model.kwargs for {config.torchvision}: {exc}.") from None
+        return module, enum_weights
+    factory = _import_factory(config.factory or "")
+    try:
+        module = factory(**config.kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model.factory {config.factory}: {exc} (check model.kwargs).") from None
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"model.factory {config.factory} returned {type(module).__name__}, not a torch module.")
+    return module, None
+
+
+def _load_pickled(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise ConfigError(f"model.pickled: file not found: {path}.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelError(f"model.pickled: cannot load {path}: {type(exc).__name__}: {exc}.") from None
+    if not isinstance(obj, nn.Module):
+        raise ConfigError(f"model.pickled: {path} holds a {type(obj).__name__}, not a torch module.")
+    return obj
+
+
+def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A state_dict from .safetensors or a torch file, unwrapping {"state_dict"}/{"model"} and "module."."""
+    if not path.is_file():
+        raise ConfigError(f"model.weights: checkpoint file not found: {path}.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as exc:
+        hint = ""
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            hint = (
+                " The file needs unpickling of arbitrary objects; if you trust it, set model.allow_pickle: "
+                "true, or re-save it with torch.save(model.state_dict(), path)."
+            )
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}.{hint}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ModelError(f"checkpoint {path} does not hold a state_dict (a mapping of names to tensors).")
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Strict load with a message that lists the first offending keys."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else ""))
+    if mismatched:
+        problems.append(f"shape mismatches: {'; '.join(mismatched[:5])}" + (" ..." if len(mismatched) > 5 else ""))
+    if problems:
+        raise ModelError(f"weights from {origin} do not fit the model: " + "; ".join(problems) + ".")
+    module.load_state_dict(state, strict=True)
+
+
+def _read_labels(config: ModelConfig, enum_weights: Any) -> list[str] | None:
+    labels = config.labels
+    if isinstance(labels, list):
+        return [str(label) for label in labels]
+    if labels == "none":
+        return None
+    if labels == "from-weights":
+        categories = enum_weights.meta.get("categories") if enum_weights is not None else None
+        return list(categories) if categories else None
+    path = Path(labels)
+    if not path.is_file():
+        raise ConfigError(f"model.labels: file not found: {path}.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"model.labels: {path} is not valid JSON: {exc}.") from None
+        if not isinstance(data, list):
+            raise ConfigError(f"model.labels: {path} must hold a JSON list of class names.")
+        return [str(item) for item in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Build the module, load weights safely, freeze parameters, switch to eval mode."""
+    module, enum_weights = _build(config)
+    description: dict[str, Any] = {
+        "source": (
+            f"torchvision:{config.torchvision}"
+            if config.torchvision
+            else f"factory:{config.factory}"
+            if config.factory
+            else f"pickled:{config.pickled}"
+        ),
+        "weights": config.weights,
+        "checkpoint_sha256": None,
+    }
+    if config.pickled is not None:
+        description["checkpoint_sha256"] = file_sha256(config.pickled)
+    if enum_weights is not None:
+        load_state(module, _download_state_dict(enum_weights), str(enum_weights))
+    elif config.weights is not None and looks_like_path(config.weights):
+        path = Path(config.weights)
+        load_state(module, read_checkpoint(path, config.allow_pickle), str(path))
+        description["checkpoint_sha256"] = file_sha256(path)
+    elif config.weights is not None and config.torchvision is None:
+        raise ConfigError(
+            f"model.weights: {config.weights!r} is not a file path; weights names only exist for torchvision "
+            "models. Give the path of a .pt/.pth/.safetensors checkpoint."
+        )
+    module.eval()
+    module.requires_grad_(False)
+    return LoadedModel(module=module, labels=_read_labels(config, enum_weights), description=description)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def score_reader(selector: int | str | None) -> Callable[[Any], torch.Tensor]:
+    """How to get the (B, classes) scores out of what the model returns (model.output)."""
+    if selector is None:
+        return lambda output: output
+
+    def read(output: Any) -> torch.Tensor:
+        try:
+            if isinstance(selector, int):
+                return output[selector]
+            if isinstance(output, dict):
+                return output[selector]
+            return getattr(output, selector)
+        except (KeyError, IndexError, AttributeError, TypeError):
+            raise ModelError(
+                f"model.output {selector!r} does not select anything from what the model returned "
+                f"({describe_output(output)})."
+            ) from None
+
+    return read
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    kind: str
+    shape: tuple[int, ...] | None
+    spatial: bool  # a (B, C, h, w) map with h, w > 1: usable as a target layer
+
+
+def trace_layers(module: nn.Module, example: torch.Tensor) -> tuple[list[LayerInfo], Any]:
+    """One dry forward pass recording every named module's output shape, in call order (last call wins)."""
+    order: dict[str, LayerInfo] = {}
+    handles = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+            shape = tuple(output.shape) if torch.is_tensor(output) else None
+            spatial = bool(shape and len(shape) == 4 and shape[2] > 1 and shape[3] > 1)
+            order.pop(name, None)
+            order[name] = LayerInfo(name, type(mod).__name__, shape, spatial)
+
+        return hook
+
+    try:
+        for name, sub in module.named_modules():
+            if name:
+                handles.append(sub.register_forward_hook(record(name)))
+        with torch.no_grad():
+            output = module(example)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"a test forward pass with an input of shape {tuple(example.shape)} failed: {type(exc).__name__}: "
+            f"{exc}. Check preprocess.size and the model."
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(order.values()), output
+
+
+def resolve_target_layers(module: nn.Module, names: list[str], layers: list[LayerInfo]) -> list[tuple[str, nn.Module]]:
+    """Target layers by dotted name, or `auto`: the last module whose output is a spatial feature map."""
+    candidates = [info.name for info in layers if info.spatial]
+    resolved = []
+    for name in names:
+        if name == "auto":
+            if not candidates:
+                raise ConfigError(
+                    "model.target_layer: auto found no module with a spatial (batch, channels, h, w) output; "
+                    "set model.target_layer to a dotted module name (see `gradcam layers`)."
+                )
+            name = candidates[-1]
+        try:
+            resolved.append((name, module.get_submodule(name)))
+        except AttributeError:
+            shown = candidates[-12:]
+            raise ConfigError(
+                f"model.target_layer: no module named {name!r}{_did_you_mean(name, candidates)}. Usable layers "
+                f"(last {len(shown)} of {len(candidates)}): {', '.join(shown)}."
+            ) from None
+    return resolved

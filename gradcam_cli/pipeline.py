@@ -1,0 +1,400 @@
+"""`gradcam run` as a library call: set-up (validated, nothing written), then streaming stages.
+
+sources -> decode + preprocess (workers) -> engine (device) -> map back to the original frame
+        -> encode + write (thread pool, overlapping the next batch) -> records.jsonl -> manifest.json
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from gradcam_cli import __version__
+from gradcam_cli.config import Config
+from gradcam_cli.engine import METHODS, CamBatch, CamEngine, TargetSpec
+from gradcam_cli.errors import EXIT_IMAGES_FAILED, EXIT_OK, ConfigError, OutputError
+from gradcam_cli.io.discovery import ImageSource, check_inputs, discover
+from gradcam_cli.io.geometry import to_original_frame
+from gradcam_cli.io.manifest import NORMALIZATION, RECORDS_NAME, RecordsWriter, write_manifest
+from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW, OutputJob, output_name, write_outputs
+from gradcam_cli.models import LoadedModel, load_model, resolve_target_layers, score_reader, trace_layers
+from gradcam_cli.stages import DecodeDataset, DecodedBatch, decoded_batches
+
+TOP_PREDICTIONS = 5
+
+
+@dataclass
+class RunOptions:
+    """Per-invocation choices that are not part of the (hashed) config."""
+
+    inputs: list[str]
+    limit: int | None = None
+    fail_fast: bool = False
+    quiet: bool = False
+    stdin: TextIO | None = None
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    out_dir: Path = field(default_factory=Path)
+    manifest: Path | None = None
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_IMAGES_FAILED if self.failed else EXIT_OK
+
+    def line(self) -> str:
+        rate = self.total / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.total} images: {self.ok} ok, {self.failed} failed, {self.skipped} skipped "
+            f"in {self.seconds:.1f} s ({rate:.1f} img/s). Results: {self.manifest or self.out_dir}"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device is {name!r} but CUDA is not available here; use cpu or auto.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("runtime.device is 'mps' but MPS is not available here; use cpu or auto.")
+    return torch.device(name)
+
+
+def resolve_workers(workers: str | int) -> int:
+    if workers == "auto":
+        # Leave a core for the main process (compute) and the writer threads.
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return int(workers)
+
+
+def label_of(labels: list[str] | None, index: int) -> str:
+    return labels[index] if labels is not None and 0 <= index < len(labels) else str(index)
+
+
+def resolve_targets(config: Config, labels: list[str] | None, num_classes: int) -> TargetSpec:
+    """top1 / topk / fixed classes by label or index; unknown labels suggest close ones."""
+    targets = config.cam.targets
+    if targets == "top1":
+        return TargetSpec("top1")
+    if targets == "topk":
+        return TargetSpec("topk", k=min(config.cam.top_k, num_classes))
+    indices: list[int] = []
+    for target in targets:
+        if isinstance(target, int) or (isinstance(target, str) and target.isdigit() and target not in (labels or [])):
+            index = int(target)
+            if not 0 <= index < num_classes:
+                raise ConfigError(f"cam.targets: class index {index} is out of range (0..{num_classes - 1}).")
+        elif labels is not None and target in labels:
+            index = labels.index(target)
+        else:
+            close = difflib.get_close_matches(str(target), labels or [], n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            known = "" if labels else " The model has no labels: use class indices."
+            raise ConfigError(f"cam.targets: unknown class label {target!r}.{hint}{known}")
+        indices.append(index)
+    return TargetSpec("fixed", classes=tuple(indices))
+
+
+@dataclass
+class Prepared:
+    """Everything validated and built before anything is written."""
+
+    config: Config
+    model: LoadedModel
+    layer_names: list[str]
+    engine: CamEngine
+    targets: TargetSpec
+    device: torch.device
+    num_classes: int
+
+
+def prepare(config: Config) -> Prepared:
+    """Build the model, trace it once, resolve layers, labels and targets; raises GradcamError."""
+    device = resolve_device(config.runtime.device)
+    if config.runtime.precision == "fp16" and device.type == "cpu":
+        raise ConfigError("runtime.precision fp16 needs a GPU; on the CPU use bf16 or fp32.")
+    loaded = load_model(config.model)
+    height, width = config.preprocess.size
+    layers, output = trace_layers(loaded.module, torch.zeros(1, 3, height, width))
+    read_scores = score_reader(config.model.output)
+    engine_probe = CamEngine(loaded.module, [], METHODS[config.cam.method], read_scores)
+    num_classes = int(engine_probe.scores(output).shape[1])
+    if config.model.num_classes is not None and config.model.num_classes != num_classes:
+        raise ConfigError(
+            f"model.num_classes is {config.model.num_classes} but the model returns {num_classes} class scores."
+        )
+    if loaded.labels is not None and len(loaded.labels) != num_classes:
+        raise ConfigError(
+            f"model.labels has {len(loaded.labels)} names but the model returns {num_classes} class scores."
+        )
+    named_layers = resolve_target_layers(loaded.module, config.model.target_layers, layers)
+    module = loaded.module.to(device)
+    if device.type in ("cpu", "cuda"):
+        module = module.to(memory_format=torch.channels_last)
+    engine = CamEngine(
+        module,
+        [layer for _, layer in named_layers],
+        METHODS[config.cam.method],
+        read_scores,
+        precision=config.runtime.precision,
+    )
+    return Prepared(
+        config=config,
+        model=loaded,
+        layer_names=[name for name, _ in named_layers],
+        engine=engine,
+        targets=resolve_targets(config, loaded.labels, num_classes),
+        device=device,
+        num_classes=num_classes,
+    )
+
+
+def _normalised(pixels: torch.Tensor, config: Config, device: torch.device) -> torch.Tensor:
+    x = pixels.to(device, non_blocking=True).float().div_(255.0)
+    mean = torch.tensor(config.preprocess.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(config.preprocess.std, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if device.type in ("cpu", "cuda") else x
+
+
+def _error_record(item_source: ImageSource, sha256: str | None, kind: str, message: str) -> dict[str, Any]:
+    return {
+        "path": item_source.path,
+        "source": item_source.source,
+        "sha256": sha256,
+        "width": None,
+        "height": None,
+        "status": "error",
+        "predictions": [],
+        "cams": [],
+        "error": {"type": kind, "message": message},
+    }
+
+
+class _BatchWriter:
+    """Turns engine results into output jobs and records, writing in a thread pool one batch behind."""
+
+    def __init__(self, prepared: Prepared, out_dir: Path, records: RecordsWriter, threads: int) -> None:
+        self.prepared = prepared
+        self.out_dir = out_dir
+        self.records = records
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradcam-writer")
+        self.pending: deque[tuple[list[dict[str, Any]], list[Future[None]]]] = deque()
+
+    def submit(self, batch: DecodedBatch, result: CamBatch | None) -> list[dict[str, Any]]:
+        config = self.prepared.config
+        labels = self.prepared.model.labels
+        several = self.prepared.targets.count > 1
+        records: list[dict[str, Any]] = []
+        futures: list[Future[None]] = []
+        position = {item_index: row for row, item_index in enumerate(batch.ok)}
+        for index, item in enumerate(batch.items):
+            if item.error is not None:
+                records.append(_error_record(item.source, item.sha256, *item.error))
+                continue
+            assert result is not None and item.geometry is not None and item.size is not None
+            row = position[index]
+            classes = result.class_indices[row].tolist()
+            probabilities = result.probabilities[row]
+            top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.numel()))
+            names = [output_name(item.source.path, c, several) for c in classes]
+            full = to_original_frame(result.cams[row], item.geometry)
+            heatmaps = full.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+            job = OutputJob(
+                out_dir=self.out_dir,
+                names=names,
+                heatmaps=heatmaps,
+                original=item.original.numpy() if (config.output.overlays and item.original is not None) else None,
+                write_heatmaps=config.output.heatmaps,
+                colormap=config.output.colormap,
+                alpha=config.output.alpha,
+                compression=config.output.png_compression,
+            )
+            if config.output.raw:
+                raw = result.raw[row]
+                size = tuple(config.preprocess.size)
+                at_input = torch.nn.functional.interpolate(
+                    raw[:, None], size=size, mode="bilinear", align_corners=False
+                )[:, 0]
+                job.raw_feature = raw.float().cpu().numpy()
+                job.raw_original = to_original_frame(at_input, item.geometry).float().cpu().numpy()
+            futures.append(self.pool.submit(write_outputs, job))
+            cams = []
+            for rank, (class_index, name) in enumerate(zip(classes, names, strict=True)):
+                entry: dict[str, Any] = {
+                    "rank": rank,
+                    "class_index": class_index,
+                    "label": label_of(labels, class_index),
+                    "score": round(float(probabilities[class_index]), 6),
+                    "heatmap": f"{HEATMAPS}/{name}" if config.output.heatmaps else None,
+                    "overlay": f"{OVERLAYS}/{name}" if config.output.overlays else None,
+                    "raw_max": float(result.raw_max[row, rank]),
+                    "quality": result.quality[row][rank],
+                }
+                if config.output.raw:
+                    entry["raw"] = f"{RAW}/{name.removesuffix('.png')}.npy"
+                    entry["raw_feature"] = f"{RAW}/{name.removesuffix('.png')}.feature.npy"
+                cams.append(entry)
+            width, height = item.size
+            records.append(
+                {
+                    "path": item.source.path,
+                    "source": item.source.source,
+                    "sha256": item.sha256,
+                    "width": width,
+                    "height": height,
+                    "status": "ok",
+                    "predictions": [
+                        {"class_index": int(i), "label": label_of(labels, int(i)), "score": round(float(s), 6)}
+                        for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+                    ],
+                    "cams": cams,
+                    "error": None,
+                }
+            )
+        self.pending.append((records, futures))
+        return records
+
+    def drain(self, keep: int = 0) -> list[dict[str, Any]]:
+        """Wait for all but `keep` batches of writes; append their records. Returns the records written."""
+        written: list[dict[str, Any]] = []
+        while len(self.pending) > keep:
+            records, futures = self.pending.popleft()
+            try:
+                for future in futures:
+                    future.result()
+                self.records.write_batch(records)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot write to the output folder {self.out_dir}: {exc.strerror or exc}. Records "
+                    f"written so far in {self.out_dir / RECORDS_NAME} stay valid."
+                ) from None
+            written.extend(records)
+        return written
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prepare_output(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sub in (HEATMAPS, OVERLAYS):
+            (out_dir / sub).mkdir(exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder {out_dir}: {exc.strerror or exc}.") from None
+
+
+def run(config: Config, options: RunOptions) -> RunSummary:
+    """Explain every image of `options.inputs`; returns the summary (the manifest is on disk)."""
+    inputs = check_inputs(options.inputs)
+    prepared = prepare(config)
+    out_dir = config.output.dir.resolve()
+    _prepare_output(out_dir)
+    (out_dir / RECORDS_NAME).unlink(missing_ok=True)  # a fresh run; resuming is a separate feature
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    summary = RunSummary(out_dir=out_dir)
+
+    sources = _limited(discover(inputs, config.input.extensions, options.stdin, exclude=out_dir), options.limit)
+    dataset = DecodeDataset(config.preprocess, config.input, keep_original=config.output.overlays)
+    workers = resolve_workers(config.runtime.workers)
+    batches = decoded_batches(
+        sources, dataset, config.runtime.batch_size, workers, pin_memory=prepared.device.type == "cuda"
+    )
+    progress = _progress(options.quiet)
+    records = RecordsWriter(out_dir / RECORDS_NAME)
+    writer = _BatchWriter(prepared, out_dir, records, threads=max(2, min(8, os.cpu_count() or 2)))
+
+    def account(written: list[dict[str, Any]]) -> bool:
+        failed_now = sum(1 for r in written if r["status"] == "error")
+        summary.total += len(written)
+        summary.failed += failed_now
+        summary.ok += len(written) - failed_now
+        if progress is not None and written:
+            progress.update(len(written))
+            progress.set_postfix(ok=summary.ok, failed=summary.failed, refresh=False)
+        return options.fail_fast and failed_now > 0
+
+    try:
+        with prepared.engine:
+            for batch in batches:
+                result = None
+                if batch.pixels is not None:
+                    images = _normalised(batch.pixels, config, prepared.device)
+                    result = prepared.engine.explain(images, prepared.targets)
+                writer.submit(batch, result)
+                if account(writer.drain(keep=1)):
+                    break
+        account(writer.drain())
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        account(writer.drain())
+    finally:
+        writer.close()
+        records.close()
+        if progress is not None:
+            progress.close()
+    summary.seconds = time.perf_counter() - clock
+    summary.manifest = write_manifest(out_dir, _manifest_header(prepared, started))
+    return summary
+
+
+def _limited(sources: Any, limit: int | None) -> Any:
+    if limit is None:
+        yield from sources
+        return
+    for count, source in enumerate(sources):
+        if count >= limit:
+            return
+        yield source
+
+
+def _progress(quiet: bool) -> Any:
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(unit="img", file=sys.stderr, dynamic_ncols=True, desc="gradcam")
+
+
+def _manifest_header(prepared: Prepared, started: datetime) -> dict[str, Any]:
+    config = prepared.config
+    return {
+        "tool": {"name": "gradcam-cli", "version": __version__},
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.config_hash(),
+        "model": dict(prepared.model.description, num_classes=prepared.num_classes),
+        "method": config.cam.method,
+        "target_layer": prepared.layer_names[0] if len(prepared.layer_names) == 1 else prepared.layer_names,
+        "targets": config.cam.targets,
+        "device": str(prepared.device),
+        "precision": config.runtime.precision,
+        "normalization": NORMALIZATION,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

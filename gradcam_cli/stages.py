@@ -1,0 +1,118 @@
+"""The decode stage: files to model-size uint8 tensors, run in DataLoader worker processes.
+
+The main process streams `ImageSource`s from discovery in batch-sized chunks (a lazy batch sampler), so
+nothing lists the whole input; workers read, hash, decode, orient and resize; the engine normalises on
+the device. A file that cannot be decoded becomes an item with an error, never an exception.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gradcam_cli.config import InputConfig, PreprocessConfig
+from gradcam_cli.io.decode import ImageReadError, read_image
+from gradcam_cli.io.discovery import ImageSource
+from gradcam_cli.io.geometry import Geometry, plan, to_model_input
+
+
+@dataclass
+class DecodedItem:
+    source: ImageSource
+    sha256: str | None = None
+    size: tuple[int, int] | None = None  # width, height of the image as displayed
+    geometry: Geometry | None = None
+    pixels: torch.Tensor | None = None  # (3, H, W) uint8 model input
+    original: torch.Tensor | None = None  # (H0, W0, 3) uint8 RGB, kept for overlays
+    error: tuple[str, str] | None = None  # (type, message)
+
+
+@dataclass
+class DecodedBatch:
+    items: list[DecodedItem]
+    pixels: torch.Tensor | None = None  # (n_ok, 3, H, W) uint8, the ok items in order
+    ok: list[int] = field(default_factory=list)  # indices into items of the decoded ones
+
+    def pin_memory(self) -> DecodedBatch:
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
+class DecodeDataset(Dataset):
+    """Map-style dataset whose "indices" are the ImageSources themselves."""
+
+    def __init__(self, preprocess: PreprocessConfig, inputs: InputConfig, keep_original: bool) -> None:
+        self.size = tuple(preprocess.size)
+        self.mode = preprocess.resize
+        self.pad_rgb = tuple(int(round(m * 255)) for m in preprocess.mean)
+        self.max_pixels = inputs.max_pixels
+        self.keep_original = keep_original
+
+    def __getitem__(self, source: ImageSource) -> DecodedItem:  # type: ignore[override]
+        try:
+            decoded = read_image(source.source, self.max_pixels)
+        except ImageReadError as exc:
+            return DecodedItem(source=source, error=(exc.kind, str(exc)))
+        except MemoryError:
+            return DecodedItem(source=source, error=("MemoryError", "not enough memory to decode the image"))
+        image = decoded.image
+        geometry = plan((image.height, image.width), self.size, self.mode)
+        model_input = to_model_input(image, geometry, self.pad_rgb)
+        original = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()) if self.keep_original else None
+        return DecodedItem(
+            source=source,
+            sha256=decoded.sha256,
+            size=(image.width, image.height),
+            geometry=geometry,
+            pixels=torch.from_numpy(model_input).permute(2, 0, 1).contiguous(),
+            original=original,
+        )
+
+    def __len__(self) -> int:  # never used: batches come from a lazy sampler
+        raise TypeError("DecodeDataset is streamed")
+
+
+def collate(items: list[DecodedItem]) -> DecodedBatch:
+    ok = [i for i, item in enumerate(items) if item.error is None]
+    pixels = torch.stack([items[i].pixels for i in ok]) if ok else None  # type: ignore[misc]
+    for i in ok:
+        items[i].pixels = None  # the stacked tensor carries them; avoid sending twice
+    return DecodedBatch(items=items, pixels=pixels, ok=ok)
+
+
+class ChunkSampler:
+    """Lazily cuts the discovery stream into batch-sized lists (DataLoader's batch_sampler)."""
+
+    def __init__(self, sources: Iterable[ImageSource], batch_size: int) -> None:
+        self.sources = sources
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[ImageSource]]:
+        iterator = iter(self.sources)
+        while chunk := list(itertools.islice(iterator, self.batch_size)):
+            yield chunk
+
+
+def decoded_batches(
+    sources: Iterable[ImageSource],
+    dataset: DecodeDataset,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+) -> Iterator[DecodedBatch]:
+    """Batches in input order, decoded by `workers` processes (0: in this process)."""
+    loader = DataLoader(
+        dataset,
+        batch_sampler=ChunkSampler(sources, batch_size),
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None,
+    )
+    yield from loader
