@@ -1,7 +1,7 @@
 """The batched CAM engine: hooks scoped to a `with` block, one forward, gradients only to the activation.
 
-The target layer's output is detached and made a leaf that requires grad, so nothing before the target
-layer builds a graph and `torch.autograd.grad(score, activation)` touches only the layers after it;
+The (first) target layer's output is detached and made a leaf that requires grad, so nothing before it
+builds a graph and `torch.autograd.grad(score, activation)` touches only the layers after it;
 parameters are frozen by the model loader. The network continues on a clone of that leaf, so an in-place
 op right after the target layer (ReLU(inplace=True)) cannot change the activation we keep.
 """
@@ -126,9 +126,11 @@ class CamEngine:
             if not torch.is_grad_enabled():
                 self._activations[index] = output.detach()
                 return None
-            leaf = output.detach().requires_grad_(True)
-            self._activations[index] = leaf
-            return leaf.clone()
+            # The first target layer in forward order starts the graph; a later one already descends from
+            # it and must stay connected, so it is kept as it is.
+            activation = output if output.requires_grad else output.detach().requires_grad_(True)
+            self._activations[index] = activation
+            return activation.clone()
 
         return hook
 

@@ -1,0 +1,70 @@
+"""Small models for tests: a plain CNN (with an in-place ReLU right after the target conv), and wrappers
+whose forward returns a tuple, a dict or an object, for `model.output`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),  # in-place right after the conv a test targets (features.3)
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def build(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return TinyCNN(num_classes)
+
+
+class TupleOutput(TinyCNN):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(1), super().forward(x)
+
+
+class DictOutput(TinyCNN):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": super().forward(x)}
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+
+
+class ObjectOutput(TinyCNN):
+    def forward(self, x: torch.Tensor) -> ModelOutput:  # like Hugging Face outputs
+        return ModelOutput(super().forward(x))
+
+
+def build_tuple(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return TupleOutput(num_classes)
+
+
+def build_dict(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return DictOutput(num_classes)
+
+
+def build_object(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return ObjectOutput(num_classes)
+
+
+def not_a_module() -> str:
+    return "nope"

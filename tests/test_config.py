@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gradcam_cli.config import Config, apply_overrides, load_config, parse_config
+from gradcam_cli.errors import ConfigError
+from tests.conftest import write_yaml
+
+
+def _error(data: dict, tmp_path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path)
+    return str(info.value)
+
+
+def test_defaults_and_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    path = write_yaml(
+        folder / "c.yaml",
+        {"model": {"factory": "models/net.py:build", "weights": "w/net.pt", "labels": "labels.txt"}},
+    )
+    config = load_config(path)
+    assert config.model.weights == str(folder / "w" / "net.pt")
+    assert config.model.labels == str(folder / "labels.txt")
+    assert config.model.factory == f"{folder / 'models' / 'net.py'}:build"
+    assert config.output.dir == Path("gradcam-out")  # relative to the working directory, not the config
+    assert config.preprocess.size == (224, 224) and config.runtime.batch_size == 32
+
+
+def test_torchvision_weights_names_are_not_paths(tmp_path: Path) -> None:
+    config = parse_config({"model": {"torchvision": "resnet50", "weights": "IMAGENET1K_V2"}}, tmp_path)
+    assert config.model.weights == "IMAGENET1K_V2"
+
+
+def test_unknown_key_is_named_with_suggestion(tmp_path: Path) -> None:
+    message = _error({"model": {"torchvison": "resnet18"}}, tmp_path)
+    assert "model.torchvison" in message and "did you mean 'torchvision'" in message
+
+
+def test_unknown_section_suggests(tmp_path: Path) -> None:
+    message = _error({"model": {"torchvision": "resnet18"}, "runtme": {}}, tmp_path)
+    assert "unknown key 'runtme'" in message and "'runtime'" in message
+
+
+def test_bad_values_name_the_key(tmp_path: Path) -> None:
+    base = {"torchvision": "resnet18"}
+    assert "runtime.batch_size" in _error({"model": base, "runtime": {"batch_size": 0}}, tmp_path)
+    assert "preprocess.resize" in _error({"model": base, "preprocess": {"resize": "squash"}}, tmp_path)
+    assert "runtime.device" in _error({"model": base, "runtime": {"device": "gpu"}}, tmp_path)
+    message = _error({"model": base, "cam": {"method": "gradcm"}}, tmp_path)
+    assert "cam.method" in message and "'gradcam'" in message
+    assert "output.alpha" in _error({"model": base, "output": {"alpha": 2}}, tmp_path)
+
+
+def test_exactly_one_model_source(tmp_path: Path) -> None:
+    assert "exactly one" in _error({"model": {}}, tmp_path)
+    assert "exactly one" in _error({"model": {"torchvision": "resnet18", "factory": "a.b:c"}}, tmp_path)
+
+
+def test_pickled_model_needs_explicit_opt_in(tmp_path: Path) -> None:
+    assert "allow_pickle" in _error({"model": {"pickled": "m.pt"}}, tmp_path)
+    config = parse_config({"model": {"pickled": "m.pt", "allow_pickle": True}}, tmp_path)
+    assert config.model.pickled == tmp_path / "m.pt"
+
+
+def test_missing_model_section(tmp_path: Path) -> None:
+    assert "missing required key 'model'" in _error({}, tmp_path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_merge_dotted_keys(tmp_path: Path) -> None:
+    merged = apply_overrides({"model": {"torchvision": "resnet18"}}, {"cam.method": "layercam", "x.y": None})
+    assert merged == {"model": {"torchvision": "resnet18"}, "cam": {"method": "layercam"}}
+    assert parse_config(merged, tmp_path).cam.method == "layercam"
+
+
+def test_config_is_frozen_and_hash_ignores_runtime(tmp_path: Path) -> None:
+    a = parse_config({"model": {"torchvision": "resnet18"}, "runtime": {"batch_size": 4}}, tmp_path)
+    b = parse_config({"model": {"torchvision": "resnet18"}, "runtime": {"batch_size": 64}}, tmp_path)
+    c = parse_config({"model": {"torchvision": "resnet18"}, "cam": {"method": "layercam"}}, tmp_path)
+    assert a.config_hash() == b.config_hash() != c.config_hash()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own frozen error
+        a.runtime.batch_size = 3  # type: ignore[misc]
+    assert isinstance(a, Config)

@@ -1,0 +1,122 @@
+"""Engine behaviour: scoped hooks, gradients only to the activation, targets, zero maps, precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
+from gradcam_cli.errors import ModelError
+from tests.assets.tiny_models import build
+
+GRADCAM = METHODS["gradcam"]
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def _model() -> nn.Module:
+    return build().eval().requires_grad_(False)
+
+
+def test_hooks_are_removed_even_after_an_exception() -> None:
+    model = _model()
+    with pytest.raises(RuntimeError), CamEngine(model, [model.features[3]], GRADCAM) as engine:
+        engine.explain(torch.randn(2, 5, 32, 32), TargetSpec())  # wrong channel count: forward fails
+    assert _hook_count(model) == 0
+    with CamEngine(model, [model.features[3]], GRADCAM) as engine:
+        engine.explain(torch.randn(2, 3, 32, 32), TargetSpec())
+        assert _hook_count(model) == 1
+        assert engine._activations == {}  # nothing kept between batches
+    assert _hook_count(model) == 0
+
+
+def test_explain_outside_with_block_is_refused() -> None:
+    model = _model()
+    with pytest.raises(RuntimeError, match="inside"):
+        CamEngine(model, [model.features[3]], GRADCAM).explain(torch.randn(1, 3, 32, 32), TargetSpec())
+
+
+def test_no_gradient_reaches_parameters_or_earlier_layers() -> None:
+    model = _model()
+    early_backward_calls = []
+    model.features[0].register_full_backward_hook(lambda *args: early_backward_calls.append(1))
+    with CamEngine(model, [model.features[3]], GRADCAM) as engine:
+        result = engine.explain(torch.randn(2, 3, 32, 32), TargetSpec())
+    assert early_backward_calls == []  # no graph was built before the target layer
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+    assert result.cams.shape == (2, 1, 32, 32)
+
+
+def test_inplace_relu_after_target_layer_does_not_change_the_activation() -> None:
+    """features.3 is a conv followed by ReLU(inplace=True): the CAM must use the pre-ReLU activation."""
+    model = _model()
+    images = torch.randn(2, 3, 32, 32)
+    with CamEngine(model, [model.features[3]], METHODS["hirescam"]) as engine:
+        ours = engine.explain(images, TargetSpec()).raw
+    # By hand: activation of the conv, gradient of the top score through ReLU, pool and head.
+    with torch.no_grad():
+        activation = model.features[:4](images)
+    leaf = activation.clone().requires_grad_(True)
+    logits = model.head(torch.flatten(model.pool(torch.relu(leaf)), 1))
+    top = logits.argmax(dim=1)
+    (gradient,) = torch.autograd.grad(logits.gather(1, top[:, None]).sum(), leaf)
+    expected = (gradient * activation).sum(dim=1).clamp(min=0)
+    assert torch.allclose(ours[:, 0], expected, atol=1e-6)
+    assert (activation < 0).any()  # the test means something only if the ReLU would have changed it
+
+
+def test_topk_equals_separate_fixed_targets() -> None:
+    model = _model()
+    images = torch.randn(3, 3, 32, 32)
+    with CamEngine(model, [model.features[3]], GRADCAM) as engine:
+        topk = engine.explain(images, TargetSpec("topk", k=2))
+        assert topk.class_indices.shape == (3, 2)
+        ranked = topk.probabilities.argsort(dim=1, descending=True)[:, :2]
+        assert torch.equal(topk.class_indices, ranked)
+        for i in range(3):
+            for rank in range(2):
+                fixed = engine.explain(images[i : i + 1], TargetSpec("fixed", classes=(int(ranked[i, rank]),)))
+                assert torch.allclose(fixed.cams[0, 0], topk.cams[i, rank], atol=1e-5)
+
+
+def test_all_zero_cam_is_zero_and_flagged() -> None:
+    model = _model()
+    with torch.no_grad():
+        model.head.weight.zero_()  # the scores no longer depend on the features: zero gradients
+    with CamEngine(model, [model.features[3]], GRADCAM) as engine:
+        result = engine.explain(torch.randn(2, 3, 32, 32), TargetSpec())
+    assert torch.equal(result.cams, torch.zeros_like(result.cams))
+    assert result.quality == [["empty"], ["empty"]]
+    assert result.raw_max.tolist() == [[0.0], [0.0]]
+
+
+def test_target_layers_in_any_order_stay_connected() -> None:
+    """A later target layer must not cut the graph of an earlier one (both get gradients)."""
+    model = _model()
+    with CamEngine(model, [model.features[3], model.features[0]], GRADCAM) as engine:
+        result = engine.explain(torch.randn(1, 3, 32, 32), TargetSpec())
+    assert result.quality == [["ok"]]
+
+
+def test_non_feature_map_layer_is_a_clear_error() -> None:
+    model = _model()
+    with pytest.raises(ModelError, match="feature map"), CamEngine(model, [model.head], GRADCAM) as engine:
+        engine.explain(torch.randn(1, 3, 32, 32), TargetSpec())
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported"), reason="no bf16 probe")
+def test_bf16_autocast_on_cpu_agrees_with_fp32() -> None:
+    from tests.conftest import calibrated_random_model
+
+    model = calibrated_random_model("resnet18").requires_grad_(False)
+    images = torch.randn(2, 3, 128, 128)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        with CamEngine(model, [model.layer4], GRADCAM, precision=precision) as engine:
+            results[precision] = engine.explain(images, TargetSpec("fixed", classes=(1,))).cams
+    for i in range(2):
+        a, b = results["fp32"][i].flatten(), results["bf16"][i].flatten()
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] >= 0.99

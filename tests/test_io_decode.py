@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gradcam_cli.io.decode import ImageReadError, decode_bytes, read_image
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_applied() -> None:
+    # Stored 40 wide x 20 high with a red left half; Orientation 6 means "rotate 90 CW to display".
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:, :20] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(stored), "JPEG", exif=exif.tobytes(), quality=95)
+    shown = np.asarray(decode_bytes(data, 10**8))
+    assert shown.shape == (40, 20, 3)  # displayed upright: 20 wide, 40 high
+    assert shown[5, 10, 0] > 200 and shown[35, 10, 0] < 60  # red half is now on top
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_any_mode_becomes_rgb(mode: str) -> None:
+    base = Image.linear_gradient("L").resize((16, 8))
+    image = base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base, dtype=np.uint16) * 257)
+    fmt = "TIFF" if mode in ("I;16", "I", "F", "CMYK") else "PNG"
+    decoded = decode_bytes(_encode(image, fmt), 10**8)
+    assert decoded.mode == "RGB" and decoded.size == (16, 8)
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    array = np.full((4, 4), 65535, dtype=np.uint16)
+    decoded = decode_bytes(_encode(Image.fromarray(array), "TIFF"), 10**8)
+    assert np.asarray(decoded).min() == 255
+
+
+def test_transparency_composited_over_white() -> None:
+    decoded = decode_bytes(_encode(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), "PNG"), 10**8)
+    assert np.asarray(decoded).min() == 255
+
+
+def test_animated_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    assert np.asarray(decode_bytes(buffer.getvalue(), 10**8))[0, 0, 0] > 200
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"", "EmptyFile"),
+        (b"definitely not an image", "NotAnImage"),
+    ],
+)
+def test_bad_bytes(data: bytes, kind: str) -> None:
+    with pytest.raises(ImageReadError) as info:
+        decode_bytes(data, 10**8)
+    assert info.value.kind == kind
+
+
+def test_truncated_file() -> None:
+    data = _encode(Image.linear_gradient("L").convert("RGB"), "JPEG")
+    with pytest.raises(ImageReadError) as info:
+        decode_bytes(data[: len(data) // 2], 10**8)
+    assert info.value.kind in ("TruncatedImage", "DecodeError")
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageReadError) as info:
+        decode_bytes(_encode(Image.new("L", (100, 100)), "PNG"), max_pixels=5000)
+    assert info.value.kind == "DecompressionBomb" and "5000" in str(info.value)
+
+
+def test_read_image_hashes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    Image.new("RGB", (3, 3)).save(path)
+    import hashlib
+
+    decoded = read_image(str(path), 10**8)
+    assert decoded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (decoded.width, decoded.height) == (3, 3)
+    with pytest.raises(ImageReadError):
+        read_image(str(tmp_path / "missing.png"), 10**8)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from gradcam_cli.errors import InputError
+from gradcam_cli.io.discovery import check_inputs, discover, safe_relpath
+
+EXTS = (".jpg", ".png")
+
+
+def _touch(root: Path, *names: str) -> None:
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_folder_walk_is_sorted_recursive_and_skips_hidden(tmp_path: Path) -> None:
+    _touch(tmp_path, "b.jpg", "a.PNG", "notes.txt", ".hidden.jpg", ".cache/x.jpg", "sub/c.jpg", "sub/a.jpg")
+    paths = [s.path for s in discover([str(tmp_path)], EXTS)]
+    assert paths == ["a.PNG", "b.jpg", "sub/a.jpg", "sub/c.jpg"]
+
+
+def test_single_file_and_several_roots_get_distinct_paths(tmp_path: Path) -> None:
+    _touch(tmp_path, "one/x.jpg", "two/one/x.jpg")
+    sources = list(discover([str(tmp_path / "one"), str(tmp_path / "two" / "one")], EXTS))
+    assert [s.path for s in sources] == ["one/x.jpg", "one~2/x.jpg"]
+    single = list(discover([str(tmp_path / "one" / "x.jpg")], EXTS))
+    assert single[0].path == "x.jpg" and Path(single[0].source).is_absolute()
+
+
+def test_stdin_paths_are_safe_and_unique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _touch(tmp_path, "in/x.jpg")
+    monkeypatch.chdir(tmp_path / "in")
+    stdin = io.StringIO(f"x.jpg\n\n{tmp_path / 'in' / 'x.jpg'}\n../in/x.jpg\n/etc/passwd\n")
+    paths = [s.path for s in discover(["-"], EXTS, stdin=stdin)]
+    assert paths == ["x.jpg", "x.jpg~2", "x.jpg~3", "etc/passwd"]
+    assert all(".." not in p.split("/") and not p.startswith("/") for p in paths)
+
+
+def test_symlink_loops_terminate(tmp_path: Path) -> None:
+    _touch(tmp_path, "a/x.jpg")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "loop")
+    assert [s.path for s in discover([str(tmp_path)], EXTS)] == ["a/x.jpg"]
+
+
+def test_output_folder_inside_input_is_not_read(tmp_path: Path) -> None:
+    _touch(tmp_path, "x.jpg", "out/heatmaps/x.jpg.png")
+    paths = [s.path for s in discover([str(tmp_path)], EXTS, exclude=(tmp_path / "out").resolve())]
+    assert paths == ["x.jpg"]
+
+
+def test_check_inputs(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        check_inputs([str(tmp_path / "missing")])
+    with pytest.raises(InputError, match="no --input"):
+        check_inputs([])
+    with pytest.raises(InputError, match="only once"):
+        check_inputs(["-", "-"])
+
+
+def test_safe_relpath() -> None:
+    assert safe_relpath("/a/../b//./c.jpg") == "a/__/b/c.jpg"
