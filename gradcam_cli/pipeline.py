@@ -149,6 +149,16 @@ def prepare(config: Config) -> Prepared:
             f"model.labels has {len(loaded.labels)} names but the model returns {num_classes} class scores."
         )
     named_layers = resolve_target_layers(loaded.module, config.model.target_layers, layers)
+    shapes = {info.name: info.shape for info in layers}
+    for name, _ in named_layers:
+        shape = shapes.get(name)
+        if shape is None or len(shape) != 4:
+            usable = [info.name for info in layers if info.spatial][-8:]
+            raise ConfigError(
+                f"model.target_layer: {name!r} outputs {'shape ' + str(shape) if shape else 'no tensor'}, not a "
+                f"(batch, channels, height, width) feature map; choose a convolutional layer such as "
+                f"{', '.join(usable)} (see `gradcam layers`)."
+            )
     module = loaded.module.to(device)
     if device.type in ("cpu", "cuda"):
         module = module.to(memory_format=torch.channels_last)
@@ -330,7 +340,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
     records = RecordsWriter(out_dir / RECORDS_NAME)
     writer = _BatchWriter(prepared, out_dir, records, threads=max(2, min(8, os.cpu_count() or 2)))
 
-    def account(written: list[dict[str, Any]]) -> bool:
+    def account(written: list[dict[str, Any]]) -> None:
         failed_now = sum(1 for r in written if r["status"] == "error")
         summary.total += len(written)
         summary.failed += failed_now
@@ -338,7 +348,6 @@ def run(config: Config, options: RunOptions) -> RunSummary:
         if progress is not None and written:
             progress.update(len(written))
             progress.set_postfix(ok=summary.ok, failed=summary.failed, refresh=False)
-        return options.fail_fast and failed_now > 0
 
     try:
         with prepared.engine:
@@ -347,8 +356,9 @@ def run(config: Config, options: RunOptions) -> RunSummary:
                 if batch.pixels is not None:
                     images = _normalised(batch.pixels, config, prepared.device)
                     result = prepared.engine.explain(images, prepared.targets)
-                writer.submit(batch, result)
-                if account(writer.drain(keep=1)):
+                submitted = writer.submit(batch, result)
+                account(writer.drain(keep=1))
+                if options.fail_fast and any(r["status"] == "error" for r in submitted):
                     break
         account(writer.drain())
     except KeyboardInterrupt:

@@ -1,0 +1,247 @@
+"""The command line: exit codes, messages, inputs, outputs and the manifest contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gradcam_cli.cli import app
+from tests.conftest import REPO, random_image
+
+runner = CliRunner()
+
+
+def gradcam(*args: str, stdin: str | None = None):
+    return runner.invoke(app, list(args), input=stdin)
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_help_is_fast_and_does_not_import_torch() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from gradcam_cli.cli import app; "
+        "r = CliRunner().invoke(app, ['run', '--help']); assert r.exit_code == 0, r.output; "
+        "assert '--target-layer' in r.output and '--precision' in r.output; "
+        "assert 'torch' not in sys.modules, 'torch imported on the help path'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_run_writes_heatmaps_overlays_and_manifest(config_file, image_folder: Path, tmp_path: Path) -> None:
+    result = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "--quiet")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    manifest = _manifest(out)
+    assert manifest["schema_version"] == 1
+    assert manifest["tool"]["name"] == "gradcam-cli"
+    assert manifest["summary"] == {"total": 3, "ok": 3, "failed": 0, "skipped": 0}
+    assert manifest["target_layer"] == "features.3" and manifest["method"] == "gradcam"
+    assert len(manifest["config_hash"]) == 64 and manifest["config"]["preprocess"]["size"] == [32, 32]
+    for key in ("started_at", "finished_at", "model", "normalization"):
+        assert key in manifest
+    assert [r["path"] for r in manifest["images"]] == ["a.jpg", "a.png", "sub/b.png"]
+    record = manifest["images"][2]
+    assert record["status"] == "ok" and (record["width"], record["height"]) == (30, 70)
+    assert record["source"] == str((image_folder / "sub" / "b.png").resolve())
+    assert len(record["sha256"]) == 64 and record["error"] is None
+    assert len(record["predictions"]) == 3  # min(5, number of classes)
+    assert {p["label"] for p in record["predictions"]} == {"cat", "dog", "bird"}
+    assert abs(sum(p["score"] for p in record["predictions"]) - 1) < 1e-4
+    (cam,) = record["cams"]
+    assert cam["class_index"] == record["predictions"][0]["class_index"]
+    assert cam["heatmap"] == "heatmaps/sub/b.png.png" and cam["overlay"] == "overlays/sub/b.png.png"
+    heatmap = Image.open(out / cam["heatmap"])
+    overlay = Image.open(out / cam["overlay"])
+    assert heatmap.mode == "L" and heatmap.size == (30, 70)
+    assert overlay.mode == "RGB" and overlay.size == (30, 70)
+    assert np.asarray(heatmap).max() == 255  # rounded, not truncated to 254
+    # records.jsonl holds the same records, one per line
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == manifest["images"]
+    # a.jpg and a.png do not collide
+    assert (out / "heatmaps" / "a.jpg.png").exists() and (out / "heatmaps" / "a.png.png").exists()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_bad_images_become_error_records(config_file, image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "empty.jpg").write_bytes(b"")
+    (image_folder / "text.png").write_bytes(b"hello, not a picture")
+    good = random_image(tmp_path / "big.jpg", 150, 100, seed=4).read_bytes()
+    (image_folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    random_image(image_folder / "huge.png", 200, 200, seed=5)
+    config = config_file(input={"max_pixels": 30_000})
+    result = gradcam("run", "-c", str(config), "-i", str(image_folder), "--quiet")
+    assert result.exit_code == 1, result.output
+    manifest = _manifest(tmp_path / "out")
+    by_path = {r["path"]: r for r in manifest["images"]}
+    assert manifest["summary"] == {"total": 7, "ok": 3, "failed": 4, "skipped": 0}
+    assert by_path["empty.jpg"]["error"]["type"] == "EmptyFile"
+    assert by_path["text.png"]["error"]["type"] == "NotAnImage"
+    assert by_path["truncated.jpg"]["error"]["type"] in ("TruncatedImage", "DecodeError")
+    assert by_path["huge.png"]["error"]["type"] == "DecompressionBomb"
+    assert all(r["cams"] == [] for r in by_path.values() if r["status"] == "error")
+
+
+def test_fail_fast_stops_after_the_first_failure(config_file, image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "0-empty.jpg").write_bytes(b"")
+    config = config_file(runtime={"batch_size": 1})
+    result = gradcam("run", "-c", str(config), "-i", str(image_folder), "--quiet", "--fail-fast")
+    assert result.exit_code == 1
+    assert _manifest(tmp_path / "out")["summary"]["total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"model": {"factory": "x.py:build", "colour": 1}}, "unknown key 'model.colour'"),
+        ({"runtime": {"batch_size": -1}}, "runtime.batch_size"),
+        ({"cam": {"method": "gradcm"}}, "did you mean 'gradcam'"),
+        ({"model": {"factory": "missing.py:build"}}, "not found"),
+        ({"cam": {"targets": ["cta"]}}, "Did you mean 'cat'"),
+        ({"model": {"labels": ["a", "b"]}}, "2 names but the model returns 3"),
+        ({"model": {"num_classes": 5}}, "num_classes is 5"),
+        ({"model": {"target_layer": "head"}}, "feature map"),
+    ],
+)
+def test_config_errors_exit_2_with_one_paragraph_and_write_nothing(
+    config_file, image_folder: Path, tmp_path: Path, section: dict, expected: str
+) -> None:
+    result = gradcam("run", "-c", str(config_file(**section)), "-i", str(image_folder))
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    if expected != "feature map":  # an unusable layer is only found by running the first batch
+        assert not (tmp_path / "out").exists()
+
+
+def test_missing_config_and_input_exit_2(config_file, tmp_path: Path, image_folder: Path) -> None:
+    result = gradcam("run", "-c", str(tmp_path / "none.yaml"), "-i", str(image_folder))
+    assert result.exit_code == 2 and "config file not found" in result.stderr
+    result = gradcam("run", "-c", str(config_file()), "-i", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2 and "input not found" in result.stderr
+    assert not (tmp_path / "out").exists()
+    result = gradcam("run", "-c", str(config_file()))
+    assert result.exit_code == 2  # --input is required (usage error)
+
+
+def test_unusable_model_output_shows_what_it_returned(config_file, image_folder: Path) -> None:
+    factory = str(Path(__file__).parent / "assets" / "tiny_models.py") + ":build_tuple"
+    result = gradcam("run", "-c", str(config_file(model={"factory": factory})), "-i", str(image_folder))
+    assert result.exit_code == 2 and "tuple of 2" in result.stderr and "model.output" in result.stderr
+    good = config_file(model={"factory": factory, "output": 1})
+    assert gradcam("run", "-c", str(good), "-i", str(image_folder), "-q").exit_code == 0
+
+
+def test_stdin_input(config_file, image_folder: Path, tmp_path: Path) -> None:
+    paths = f"{image_folder / 'a.jpg'}\n{image_folder / 'sub' / 'b.png'}\n"
+    result = gradcam("run", "-c", str(config_file()), "-i", "-", "-q", stdin=paths)
+    assert result.exit_code == 0, result.output
+    manifest = _manifest(tmp_path / "out")
+    assert [r["source"] for r in manifest["images"]] == [str(image_folder / "a.jpg"), str(image_folder / "sub/b.png")]
+
+
+def test_single_file_input_and_overrides(config_file, image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "elsewhere"
+    result = gradcam(
+        "run",
+        "-c",
+        str(config_file()),
+        "-i",
+        str(image_folder / "a.jpg"),
+        "-o",
+        str(out),
+        "-q",
+        "--method",
+        "layercam",
+        "--top-k",
+        "2",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--target-layer",
+        "features.0,features.3",
+    )
+    assert result.exit_code == 0, result.output
+    manifest = _manifest(out)
+    assert manifest["method"] == "layercam" and manifest["target_layer"] == ["features.0", "features.3"]
+    (record,) = manifest["images"]
+    assert [c["rank"] for c in record["cams"]] == [0, 1]
+    assert [c["class_index"] for c in record["cams"]] == [p["class_index"] for p in record["predictions"][:2]]
+    for cam in record["cams"]:
+        assert cam["heatmap"] == f"heatmaps/a.jpg.cls{cam['class_index']}.png"
+        assert (out / cam["heatmap"]).exists() and (out / cam["overlay"]).exists()
+
+
+def test_fixed_targets_by_label_and_index(config_file, image_folder: Path, tmp_path: Path) -> None:
+    result = gradcam("run", "-c", str(config_file(cam={"targets": ["dog", 2]})), "-i", str(image_folder), "-q")
+    assert result.exit_code == 0, result.output
+    for record in _manifest(tmp_path / "out")["images"]:
+        assert [(c["class_index"], c["label"]) for c in record["cams"]] == [(1, "dog"), (2, "bird")]
+
+
+def test_limit(config_file, image_folder: Path, tmp_path: Path) -> None:
+    result = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q", "--limit", "2")
+    assert result.exit_code == 0
+    assert _manifest(tmp_path / "out")["summary"]["total"] == 2
+
+
+def test_exif_rotated_image_maps_onto_the_displayed_frame(config_file, tmp_path: Path) -> None:
+    folder = tmp_path / "exif"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees: stored 60x20 shows as 20x60
+    random_image(tmp_path / "plain.png", 60, 20, seed=9)
+    Image.open(tmp_path / "plain.png").save(folder / "rotated.jpg", exif=exif.tobytes())
+    assert gradcam("run", "-c", str(config_file()), "-i", str(folder), "-q").exit_code == 0
+    record = _manifest(tmp_path / "out")["images"][0]
+    assert (record["width"], record["height"]) == (20, 60)
+    assert Image.open(tmp_path / "out" / record["cams"][0]["heatmap"]).size == (20, 60)
+
+
+def test_workers_and_repeat_runs_give_identical_heatmaps(config_file, image_folder: Path, tmp_path: Path) -> None:
+    outputs = []
+    for workers in (0, 2, 0):
+        out = tmp_path / f"out-{len(outputs)}"
+        config = config_file(runtime={"workers": workers, "batch_size": 2})
+        assert gradcam("run", "-c", str(config), "-i", str(image_folder), "-o", str(out), "-q").exit_code == 0
+        outputs.append({p.relative_to(out): p.read_bytes() for p in sorted((out / "heatmaps").rglob("*.png"))})
+    assert outputs[0] == outputs[1] == outputs[2] and len(outputs[0]) == 3
+
+
+def test_raw_output(config_file, image_folder: Path, tmp_path: Path) -> None:
+    result = gradcam("run", "-c", str(config_file(output={"raw": True})), "-i", str(image_folder), "-q")
+    assert result.exit_code == 0, result.output
+    record = _manifest(tmp_path / "out")["images"][2]
+    cam = record["cams"][0]
+    full = np.load(tmp_path / "out" / cam["raw"])
+    feature = np.load(tmp_path / "out" / cam["raw_feature"])
+    assert full.dtype == np.float32 and full.shape == (70, 30) and feature.shape == (8, 8)
+    assert abs(float(feature.max()) - cam["raw_max"]) < 1e-5
+
+
+def test_layers_command(config_file) -> None:
+    result = gradcam("layers", "-c", str(config_file()))
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert lines["features"].rstrip().endswith("auto") and "1x16x8x8" in lines["features"]
+    assert lines["features.3"].rstrip().endswith("yes")
+    assert not lines["head"].rstrip().endswith(("yes", "auto"))
+
+
+def test_version() -> None:
+    result = gradcam("--version")
+    assert result.exit_code == 0 and "gradcam-cli" in result.stdout
