@@ -210,6 +210,7 @@ class RuntimeConfig(_Strict):
     batch_size: int = Field(32, ge=1, le=4096, description="images per forward pass")
     workers: Literal["auto"] | int = Field("auto", description="decode worker processes (0: in-process)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
+    fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the preceding conv (faster, same maps)")
 
     @field_validator("device")
     @classmethod

@@ -27,7 +27,14 @@ from gradcam_cli.io.discovery import ImageSource, check_inputs, discover
 from gradcam_cli.io.geometry import to_original_frame
 from gradcam_cli.io.manifest import NORMALIZATION, RECORDS_NAME, RecordsWriter, write_manifest
 from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW, OutputJob, output_name, write_outputs
-from gradcam_cli.models import LoadedModel, load_model, resolve_target_layers, score_reader, trace_layers
+from gradcam_cli.models import (
+    LoadedModel,
+    fuse_conv_batchnorm,
+    load_model,
+    resolve_target_layers,
+    score_reader,
+    trace_layers,
+)
 from gradcam_cli.stages import DecodeDataset, DecodedBatch, decoded_batches
 
 TOP_PREDICTIONS = 5
@@ -159,6 +166,10 @@ def prepare(config: Config) -> Prepared:
                 f"(batch, channels, height, width) feature map; choose a convolutional layer such as "
                 f"{', '.join(usable)} (see `gradcam layers`)."
             )
+    if config.runtime.fuse_batchnorm:
+        fuse_conv_batchnorm(
+            loaded.module, torch.randn(2, 3, height, width), [layer for _, layer in named_layers], read_scores
+        )
     module = loaded.module.to(device)
     if device.type in ("cpu", "cuda"):
         module = module.to(memory_format=torch.channels_last)

@@ -1,0 +1,343 @@
+"""Throughput benchmark: pytorch-grad-cam baseline vs forward-only floor vs `gradcam run`.
+
+One invocation generates its own data (photo-like 640x480 JPEGs, fixed seed) and a random-initialised
+resnet50 saved to a file, then runs the modes alternating and repeated, each in a fresh subprocess so
+that peak RSS is per mode. Prints images/s, ours/baseline, ours/floor and peak RSS; `--json` saves rows.
+
+    python benchmarks/throughput.py                      # CPU, fp32 and bf16, 256 images, batch 16
+    python benchmarks/throughput.py --memory-check       # also ours at 10x the images (flat memory?)
+    python benchmarks/throughput.py --device cuda --batch-sizes 16,64 --images 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+SIZE = (640, 480)
+
+
+# ---------------------------------------------------------------- data
+def make_images(folder: Path, count: int, seed: int = 0) -> Path:
+    """Photo-like JPEGs: smooth colour fields, a few soft shapes, sensor-like noise."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("*.jpg"))
+    if len(existing) == count:
+        return folder
+    for path in existing:
+        path.unlink()
+    rng = np.random.default_rng(seed)
+    width, height = SIZE
+    for index in range(count):
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(3, 8))):
+            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+            r = int(rng.integers(20, 140))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            draw.ellipse((x - r, y - r, x + r, y + int(r * rng.uniform(0.5, 1.5))), fill=colour)
+        image = image.filter(ImageFilter.GaussianBlur(2))
+        noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, 6, (height, width, 3)).astype(np.int16)
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(folder / f"img_{index:05d}.jpg", quality=90)
+    return folder
+
+
+def make_model(path: Path) -> Path:
+    import torch
+    import torchvision
+
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet50().state_dict(), path)
+    return path
+
+
+def load_resnet50(weights: Path):
+    import torch
+    import torchvision
+
+    model = torchvision.models.resnet50()
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+# ---------------------------------------------------------------- modes (run in a child process)
+def run_baseline(images: Path, weights: Path, out: Path, batch_size: int, device: str, precision: str) -> int:
+    """What a competent user writes with pytorch-grad-cam (fp32: the reference crashes under bf16)."""
+    import cv2
+    import numpy as np
+    import torch
+    from PIL import Image
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    class Images(Dataset):
+        def __init__(self, paths):
+            self.paths = paths
+            self.transform = transforms.Compose(
+                [
+                    transforms.Resize((224, 224)),
+                    transforms.ToTensor(),
+                    transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                ]
+            )
+
+        def __len__(self):
+            return len(self.paths)
+
+        def __getitem__(self, i):
+            image = Image.open(self.paths[i]).convert("RGB")
+            return self.transform(image), np.asarray(image), i
+
+    def collate(items):
+        return torch.stack([x for x, _, _ in items]), [o for _, o, _ in items], [i for _, _, i in items]
+
+    paths = sorted(images.glob("*.jpg"))
+    model = load_resnet50(weights).to(device)
+    loader = DataLoader(Images(paths), batch_size=batch_size, num_workers=2, collate_fn=collate)
+    (out / "heatmaps").mkdir(parents=True)
+    (out / "overlays").mkdir(parents=True)
+    count = 0
+    with GradCAM(model=model, target_layers=[model.layer4[-1]]) as cam:
+        for batch, originals, indices in loader:
+            grayscale = cam(input_tensor=batch.to(device), targets=None)
+            for g, original, i in zip(grayscale, originals, indices, strict=True):
+                h, w = original.shape[:2]
+                full = cv2.resize(g, (w, h))
+                cv2.imwrite(str(out / "heatmaps" / f"{i}.png"), np.uint8(255 * full))
+                overlay = show_cam_on_image(original.astype(np.float32) / 255, full, use_rgb=True)
+                cv2.imwrite(str(out / "overlays" / f"{i}.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                count += 1
+    return count
+
+
+def run_floor(
+    images: Path, weights: Path, out: Path, batch_size: int, device: str, precision: str
+) -> tuple[int, float]:
+    """Forward-only inference on preprocessed batches (decoded before the clock starts)."""
+    import torch
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    paths = sorted(images.glob("*.jpg"))
+    tensors = [TF.to_tensor(Image.open(p).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)) for p in paths]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    batches = [
+        torch.stack([(t - mean) / std for t in tensors[i : i + batch_size]]) for i in range(0, len(tensors), batch_size)
+    ]
+    model = load_resnet50(weights).to(device).to(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+    with torch.inference_mode(), autocast:
+        model(batches[0].to(device).contiguous(memory_format=torch.channels_last))  # warm-up, not timed
+        _sync(device)
+        start = time.perf_counter()
+        for batch in batches:
+            model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+        _sync(device)
+    return len(paths), time.perf_counter() - start
+
+
+def run_ours(images: Path, weights: Path, out: Path, batch_size: int, device: str, precision: str) -> int:
+    from gradcam_cli.config import parse_config
+    from gradcam_cli.pipeline import RunOptions, run
+
+    config = parse_config(
+        {
+            "model": {"torchvision": "resnet50", "weights": str(weights), "labels": "none", "target_layer": "layer4"},
+            "output": {"dir": str(out)},
+            "runtime": {"batch_size": batch_size, "device": device, "precision": precision},
+        },
+        HERE,
+    )
+    summary = run(config, RunOptions(inputs=[str(images)], quiet=True))
+    _sync(device)
+    return summary.ok
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def child(args: argparse.Namespace) -> None:
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{args.child}-"))
+    # Library imports are a per-process constant, not throughput: load them before the clock starts.
+    import cv2  # noqa: F401
+    import pytorch_grad_cam  # noqa: F401
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import gradcam_cli.pipeline  # noqa: F401
+
+    try:
+        start = time.perf_counter()
+        mode = {"baseline": run_baseline, "floor": run_floor, "ours": run_ours}[args.child]
+        result = mode(
+            Path(args.images_dir), Path(args.weights), out / "o", args.batch_size, args.device, args.precision
+        )
+        count, seconds = result if isinstance(result, tuple) else (result, time.perf_counter() - start)
+        main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(
+            json.dumps(
+                {
+                    "mode": args.child,
+                    "precision": args.precision,
+                    "batch_size": args.batch_size,
+                    "images": count,
+                    "seconds": seconds,
+                    "images_per_s": count / seconds,
+                    "peak_rss_mb": main_rss,
+                    "worker_peak_rss_mb": workers_rss,
+                }
+            )
+        )
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- orchestration
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def spawn(mode: str, args: argparse.Namespace, images: Path, weights: Path, precision: str, batch_size: int) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--images-dir",
+        str(images),
+        "--weights",
+        str(weights),
+        "--device",
+        args.device,
+        "--precision",
+        precision,
+        "--batch-size",
+        str(batch_size),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-sizes", default="16")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", default=str(HERE / "_data"))
+    parser.add_argument("--memory-check", action="store_true", help="also run ours on 10x the images")
+    parser.add_argument("--json", help="write all rows to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--images-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=16, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    data = Path(args.data_dir)
+    images = make_images(data / f"images-{args.images}", args.images)
+    weights = make_model(data / "resnet50-random.pt")
+    print(f"# machine: {machine()}")
+    print(f"# {args.images} images {SIZE[0]}x{SIZE[1]}, resnet50 (random init), device {args.device}")
+    rows: list[dict] = []
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        for repeat in range(args.repeats):
+            rows.append(spawn("baseline", args, images, weights, "fp32", batch_size) | {"repeat": repeat})
+            for precision in args.precisions.split(","):
+                for mode in ("floor", "ours"):
+                    rows.append(spawn(mode, args, images, weights, precision, batch_size) | {"repeat": repeat})
+                    print(
+                        f"  ran {mode} {precision} b{batch_size} #{repeat}: {rows[-1]['images_per_s']:.2f} img/s",
+                        file=sys.stderr,
+                    )
+    if args.memory_check:
+        big = make_images(data / f"images-{args.images * 10}", args.images * 10)
+        rows.append(spawn("ours", args, big, weights, "fp32", 16) | {"repeat": 0, "memory_check": True})
+    report(rows, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> None:
+    def median(mode: str, precision: str, batch: int, key: str = "images_per_s") -> float:
+        values = [
+            r[key]
+            for r in rows
+            if r["mode"] == mode
+            and r["precision"] == precision
+            and r["batch_size"] == batch
+            and not r.get("memory_check")
+        ]
+        return statistics.median(values) if values else float("nan")
+
+    print(
+        "| batch | precision | baseline img/s | floor img/s | ours img/s | ours/baseline | ours/floor | RSS ours MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        base = median("baseline", "fp32", batch)
+        for precision in args.precisions.split(","):
+            floor, ours = median("floor", precision, batch), median("ours", precision, batch)
+            rss = median("ours", precision, batch, "peak_rss_mb")
+            print(
+                f"| {batch} | {precision} | {base:.2f} | {floor:.2f} | {ours:.2f} | {ours / base:.2f} | "
+                f"{ours / floor:.2f} | {rss:.0f} |"
+            )
+    checks = [r for r in rows if r.get("memory_check")]
+    if checks:
+        small = median("ours", "fp32", 16, "peak_rss_mb")
+        big = checks[0]["peak_rss_mb"]
+        print(
+            f"\nmemory: ours fp32 peak RSS {small:.0f} MB at {args.images} images, {big:.0f} MB at "
+            f"{checks[0]['images']} images ({(big / small - 1) * 100:+.1f}%)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Documentation stays true: the README's config reference, options and shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gradcam_cli.config import load_config
+from gradcam_cli.reference import END, START, markdown, rows
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def test_readme_config_reference_matches_schema() -> None:
+    start, end = README.index(START), README.index(END) + len(END)
+    assert README[start:end] == markdown(), "regenerate with: python -m gradcam_cli.reference"
+    for key, *_ in rows():
+        assert f"`{key}`" in README
+
+
+def test_readme_documents_every_run_option() -> None:
+    from typer.main import get_command
+
+    from gradcam_cli.cli import app
+
+    run = get_command(app).commands["run"]  # type: ignore[attr-defined]
+    for param in run.params:
+        for option in param.opts:
+            if option.startswith("--"):
+                assert option in README, f"{option} missing from README"
+
+
+def test_quick_start_is_two_commands() -> None:
+    assert "make demo" in README and "make test" in README
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(config: Path) -> None:
+    load_config(config)
