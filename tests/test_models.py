@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from gradcam_cli.config import parse_config
 from gradcam_cli.errors import ConfigError, ModelError
-from gradcam_cli.models import load_model, resolve_target_layers, score_reader, trace_layers
+from gradcam_cli.models import fuse_conv_batchnorm, load_model, resolve_target_layers, score_reader, trace_layers
 from tests.assets.tiny_models import build
 from tests.conftest import ASSETS
 
@@ -148,3 +148,54 @@ def test_score_reader_selects_scores(tmp_path: Path, builder: str, selector) -> 
     assert scores.shape == (2, 3)
     with pytest.raises(ModelError, match="does not select"):
         score_reader("nope" if selector != "nope" else 5)(loaded.module(torch.zeros(1, 3, 32, 32)))
+
+
+def test_batchnorm_folding_keeps_scores_and_target_layers() -> None:
+    import copy
+
+    from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
+    from tests.conftest import calibrated_random_model
+
+    original = calibrated_random_model("resnet18").requires_grad_(False)
+    fused = copy.deepcopy(original)
+    target_conv = fused.layer4[1].conv2  # a conv that is itself a target layer keeps its BatchNorm
+    images = torch.randn(2, 3, 96, 96)
+    count = fuse_conv_batchnorm(fused, images, keep=[target_conv])
+    assert count == 19  # 20 conv+bn pairs in resnet18, one protected
+    assert isinstance(fused.layer4[1].bn2, torch.nn.BatchNorm2d)
+    assert isinstance(fused.bn1, torch.nn.Identity)
+    with torch.no_grad():
+        assert torch.allclose(fused(images), original(images), atol=1e-4)
+    for model in (original, fused):
+        with CamEngine(model, [model.layer4], METHODS["gradcam"]) as engine:
+            model.cams = engine.explain(images, TargetSpec("fixed", classes=(2,))).cams
+    assert (fused.cams - original.cams).abs().max() < 1e-3
+
+
+def test_batchnorm_folding_is_undone_when_scores_change() -> None:
+    class Shared(torch.nn.Module):
+        """The conv output feeds the BN and a skip path: folding would change the result."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.head((self.bn(y) + y).mean(dim=(2, 3)))
+
+    model = Shared().eval()
+    with torch.no_grad():
+        model.bn.running_var.fill_(4.0)
+        model.bn.running_mean.fill_(0.5)
+    weight = model.conv.weight.clone()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(images)
+    assert fuse_conv_batchnorm(model, images, keep=[]) == 0
+    assert isinstance(model.bn, torch.nn.BatchNorm2d) and torch.equal(model.conv.weight, weight)
+    with torch.no_grad():
+        assert torch.equal(model(images), before)
+
