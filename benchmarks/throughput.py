@@ -172,7 +172,12 @@ def run_ours(images: Path, weights: Path, out: Path, batch_size: int, device: st
     )
     summary = run(config, RunOptions(inputs=[str(images)], quiet=True))
     _sync(device)
+    total = sum(summary.stage_seconds.values()) or 1.0
+    STAGE_SHARES.update({k: v / total for k, v in summary.stage_seconds.items()})
     return summary.ok
+
+
+STAGE_SHARES: dict[str, float] = {}  # filled by run_ours: the main loop's wall-clock share per stage
 
 
 def _sync(device: str) -> None:
@@ -212,6 +217,7 @@ def child(args: argparse.Namespace) -> None:
                     "images_per_s": count / seconds,
                     "peak_rss_mb": main_rss,
                     "worker_peak_rss_mb": workers_rss,
+                    "stage_shares": STAGE_SHARES,
                 }
             )
         )
@@ -329,6 +335,15 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
                 f"| {batch} | {precision} | {base:.2f} | {floor:.2f} | {ours:.2f} | {ours / base:.2f} | "
                 f"{ours / floor:.2f} | {rss:.0f} |"
             )
+    ours_rows = [r for r in rows if r["mode"] == "ours" and r.get("stage_shares") and not r.get("memory_check")]
+    if ours_rows:
+        print("\nWhere ours waits (share of the main loop's wall clock; the largest is the bottleneck):")
+        print("| batch | precision | decode | compute | render | encode |")
+        print("|---|---|---|---|---|---|")
+        for r in ours_rows:
+            shares = r["stage_shares"]
+            cells = " | ".join(f"{shares.get(k, 0) * 100:.0f}%" for k in ("decode", "compute", "render", "encode"))
+            print(f"| {r['batch_size']} | {r['precision']} | {cells} |")
     checks = [r for r in rows if r.get("memory_check")]
     if checks:
         small = median("ours", "fp32", 16, "peak_rss_mb")

@@ -38,6 +38,13 @@ from gradcam_cli.models import (
 from gradcam_cli.stages import DecodeDataset, DecodedBatch, decoded_batches
 
 TOP_PREDICTIONS = 5
+STAGES = ("decode", "compute", "render", "encode")
+
+
+def _lap(stages: dict[str, float], stage: str, since: float) -> float:
+    now = time.perf_counter()
+    stages[stage] += now - since
+    return now
 
 
 @dataclass
@@ -61,6 +68,9 @@ class RunSummary:
     out_dir: Path = field(default_factory=Path)
     manifest: Path | None = None
     interrupted: bool = False
+    # Wall-clock seconds the main loop spent per stage: waiting for decode workers, computing CAMs,
+    # mapping them to the original frame, and waiting for the writer pool. The largest is the bottleneck.
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @property
     def exit_code(self) -> int:
@@ -362,16 +372,25 @@ def run(config: Config, options: RunOptions) -> RunSummary:
 
     try:
         with prepared.engine:
+            stages = summary.stage_seconds
+            mark = time.perf_counter()
             for batch in batches:
+                mark = _lap(stages, "decode", mark)  # time the main loop waited for decoded batches
                 result = None
                 if batch.pixels is not None:
                     images = _normalised(batch.pixels, config, prepared.device)
                     result = prepared.engine.explain(images, prepared.targets)
+                    if prepared.device.type == "cuda":
+                        torch.cuda.synchronize(prepared.device)  # attribute GPU time to compute
+                mark = _lap(stages, "compute", mark)
                 submitted = writer.submit(batch, result)
+                mark = _lap(stages, "render", mark)
                 account(writer.drain(keep=1))
+                mark = _lap(stages, "encode", mark)  # time waiting for the writer pool
                 if options.fail_fast and any(r["status"] == "error" for r in submitted):
                     break
         account(writer.drain())
+        _lap(summary.stage_seconds, "encode", mark)
     except KeyboardInterrupt:
         summary.interrupted = True
         account(writer.drain())
