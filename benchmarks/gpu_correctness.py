@@ -20,6 +20,7 @@ import torchvision
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gradcam_cli.config import parse_config  # noqa: E402
 from gradcam_cli.engine import METHODS, CamEngine, TargetSpec  # noqa: E402
@@ -38,8 +39,15 @@ def calibrated_resnet50(device: str) -> torch.nn.Module:
 
 
 def correlations(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Pearson per map; two constant (e.g. all-zero) maps agree, one constant map does not."""
     a, b = a.flatten(1).double().cpu(), b.flatten(1).double().cpu()
-    return [float(torch.corrcoef(torch.stack([x, y]))[0, 1]) for x, y in zip(a, b, strict=True)]
+    values = []
+    for x, y in zip(a, b, strict=True):
+        if x.std() < 1e-12 or y.std() < 1e-12:
+            values.append(1.0 if torch.allclose(x, y, atol=1e-6) else 0.0)
+        else:
+            values.append(float(torch.corrcoef(torch.stack([x, y]))[0, 1]))
+    return values
 
 
 def check(name: str, values: list[float], threshold: float = 0.99) -> None:
@@ -51,15 +59,36 @@ def check(name: str, values: list[float], threshold: float = 0.99) -> None:
 
 
 def cams(model: torch.nn.Module, images: torch.Tensor, precision: str, method: str = "gradcam") -> torch.Tensor:
+    """CAMs of the fp32 model's top-2 classes (fixed, so every precision explains the same classes)."""
+    with torch.no_grad():
+        classes = model(images.float()).topk(2, dim=1).indices
+    maps = []
     with CamEngine(model, [model.layer4], METHODS[method], precision=precision) as engine:
-        return engine.explain(images, TargetSpec("fixed", classes=(1, 7))).cams.float()
+        for i in range(len(images)):
+            target = TargetSpec("fixed", classes=tuple(classes[i].tolist()))
+            maps.append(engine.explain(images[i : i + 1], target).cams.float())
+    return torch.cat(maps)
+
+
+def photo_like_batch(count: int) -> torch.Tensor:
+    """Normalised 224x224 inputs from the benchmark's photo-like JPEGs (random noise is a poor stand-in)."""
+    from throughput import make_images
+
+    folder = make_images(Path(tempfile.mkdtemp()) / "photos", count, seed=3)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    tensors = []
+    for path in sorted(folder.glob("*.jpg")):
+        array = np.array(Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+        tensors.append((torch.from_numpy(array).permute(2, 0, 1).float() / 255 - mean) / std)
+    return torch.stack(tensors)
 
 
 def main() -> None:
     torch.manual_seed(1)
     gpu = calibrated_resnet50("cuda")
     cpu = copy.deepcopy(gpu).cpu()
-    images = torch.randn(8, 3, 224, 224)
+    images = photo_like_batch(8)
     on_gpu = images.cuda()
     reference32 = cams(gpu, on_gpu, "fp32")
     check("GPU fp32 vs CPU fp32 (gradcam)", correlations(reference32, cams(cpu, images, "fp32")))
@@ -75,8 +104,10 @@ def main() -> None:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     ref_model = copy.deepcopy(gpu).requires_grad_(True)
+    with torch.no_grad():
+        top = gpu(on_gpu).argmax(dim=1).tolist()
     with GradCAM(model=ref_model, target_layers=[ref_model.layer4]) as cam:
-        expected = cam(input_tensor=on_gpu, targets=[ClassifierOutputTarget(1)] * len(images))
+        expected = cam(input_tensor=on_gpu, targets=[ClassifierOutputTarget(c) for c in top])
     check("GPU ours vs pytorch-grad-cam (gradcam)", correlations(reference32[:, 0], torch.from_numpy(expected)))
 
     with tempfile.TemporaryDirectory() as tmp:
