@@ -77,13 +77,29 @@ def run(
     limit: Annotated[int | None, typer.Option(min=1, help="Process at most N images.")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first image that fails.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary line.")] = False,
+    no_resume: Annotated[
+        bool, typer.Option("--no-resume", help="Reprocess every image, even those an earlier run finished.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace results of a different config in the output folder.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be processed, skipped and ignored; load no model.")
+    ] = False,
+    log_file: Annotated[Path | None, typer.Option(help="Append run events to this file (for log shippers).")] = None,
+    log_format: Annotated[str, typer.Option(help="Event format in --log-file: json or text.")] = "json",
+    json_summary: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")] = False,
 ) -> None:
     """Explain every image of the inputs; write heatmaps, overlays, records.jsonl and manifest.json.
 
-    Exit codes: 0 all images ok, 1 some images failed, 2 usage or config error (nothing written).
+    Exit codes: 0 all images ok, 1 some images failed, 2 usage or config error (nothing written),
+    3 another run holds the output folder, 4 the output folder cannot be written, 130/143 interrupted
+    by SIGINT/SIGTERM (finished batches are kept; rerun to resume).
     """
     from gradcam_cli.config import load_config
 
+    if log_format not in ("json", "text"):
+        raise _fail(GradcamError(f"--log-format must be json or text, not {log_format!r}."))
     layer: Any = target_layer
     if target_layer is not None and "," in target_layer:
         layer = [name.strip() for name in target_layer.split(",") if name.strip()]
@@ -102,22 +118,48 @@ def run(
             "runtime.precision": precision,
         }
     )
+    if top_k is not None and top_k > 1:
+        overrides.setdefault("cam.targets", "topk")
     try:
         cfg = load_config(config, overrides)
-        if top_k is not None and top_k > 1 and cfg.cam.targets == "top1":
-            cfg = load_config(config, dict(overrides, **{"cam.targets": "topk"}))
+        if dry_run:
+            from gradcam_cli.io.discovery import check_inputs
+            from gradcam_cli.resume import dry_run as plan_run
+
+            counts = plan_run(cfg, check_inputs(inputs), sys.stdin, not no_resume, limit, typer.echo)
+            typer.echo(
+                f"{counts['process']} to process, {counts['skip']} already done, {counts['ignore']} ignored", err=True
+            )
+            raise typer.Exit(0)
+        from gradcam_cli.events import EventLog
         from gradcam_cli.pipeline import RunOptions
         from gradcam_cli.pipeline import run as run_pipeline
 
-        summary = run_pipeline(
-            cfg, RunOptions(inputs=inputs, limit=limit, fail_fast=fail_fast, quiet=quiet, stdin=sys.stdin)
-        )
+        events = EventLog(log_file, log_format)
+        try:
+            summary = run_pipeline(
+                cfg,
+                RunOptions(
+                    inputs=inputs,
+                    limit=limit,
+                    fail_fast=fail_fast,
+                    quiet=quiet,
+                    stdin=sys.stdin,
+                    resume=not no_resume,
+                    overwrite=overwrite,
+                    events=events,
+                ),
+            )
+        finally:
+            events.close()
     except GradcamError as error:
         raise _fail(error) from None
     if not quiet:
         typer.echo(summary.line(), err=True)
-    if summary.interrupted:
-        raise typer.Exit(code=130)
+    if json_summary:
+        import json
+
+        typer.echo(json.dumps(summary.as_dict(), sort_keys=True))
     raise typer.Exit(code=summary.exit_code)
 
 

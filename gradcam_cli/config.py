@@ -235,6 +235,9 @@ class InputConfig(_Strict):
         description="file extensions treated as images (case-insensitive)",
     )
     max_pixels: int = Field(89_478_485, ge=1, description="larger images become error records (bomb guard)")
+    include: tuple[str, ...] = Field((), description="glob patterns on the relative path; empty: everything")
+    exclude: tuple[str, ...] = Field((), description="glob patterns on the relative path to leave out")
+    follow_symlinks: bool = Field(True, description="follow symlinked files and folders (loops are detected)")
 
     @field_validator("extensions")
     @classmethod

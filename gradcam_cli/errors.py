@@ -10,6 +10,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_IMAGES_FAILED = 1
 EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_OUTPUT = 4
 
 
 class GradcamError(Exception):
@@ -31,4 +33,6 @@ class InputError(GradcamError):
 
 
 class OutputError(GradcamError):
-    """The output folder cannot be written (permissions, disk full)."""
+    """The output folder cannot be written (permissions, disk full); records written so far stay valid."""
+
+    exit_code = EXIT_OUTPUT

@@ -6,9 +6,12 @@ sources -> decode + preprocess (workers) -> engine (device) -> map back to the o
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,9 +26,19 @@ from gradcam_cli import __version__
 from gradcam_cli.config import Config
 from gradcam_cli.engine import METHODS, CamBatch, CamEngine, TargetSpec
 from gradcam_cli.errors import EXIT_IMAGES_FAILED, EXIT_OK, ConfigError, OutputError
+from gradcam_cli.events import EventLog
 from gradcam_cli.io.discovery import ImageSource, check_inputs, discover
 from gradcam_cli.io.geometry import to_original_frame
-from gradcam_cli.io.manifest import NORMALIZATION, RECORDS_NAME, RecordsWriter, write_manifest
+from gradcam_cli.io.lock import OutputLock
+from gradcam_cli.io.manifest import (
+    NORMALIZATION,
+    RECORDS_NAME,
+    RecordsWriter,
+    load_done,
+    repair_records,
+    write_manifest,
+    write_run_info,
+)
 from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW, OutputJob, output_name, write_outputs
 from gradcam_cli.models import (
     LoadedModel,
@@ -35,6 +48,7 @@ from gradcam_cli.models import (
     score_reader,
     trace_layers,
 )
+from gradcam_cli.resume import check_previous_config, clear_results, filters_of, limited, pending
 from gradcam_cli.stages import DecodeDataset, DecodedBatch, decoded_batches
 
 TOP_PREDICTIONS = 5
@@ -56,6 +70,9 @@ class RunOptions:
     fail_fast: bool = False
     quiet: bool = False
     stdin: TextIO | None = None
+    resume: bool = True  # skip images an earlier run of the same config already explained
+    overwrite: bool = False  # replace results of a different config instead of refusing
+    events: EventLog | None = None
 
 
 @dataclass
@@ -67,14 +84,31 @@ class RunSummary:
     seconds: float = 0.0
     out_dir: Path = field(default_factory=Path)
     manifest: Path | None = None
-    interrupted: bool = False
+    interrupted_by: int | None = None  # the signal that stopped the run early
     # Wall-clock seconds the main loop spent per stage: waiting for decode workers, computing CAMs,
     # mapping them to the original frame, and waiting for the writer pool. The largest is the bottleneck.
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted_by is not None:
+            return 128 + self.interrupted_by  # 130 for SIGINT, 143 for SIGTERM, as shells report them
         return EXIT_IMAGES_FAILED if self.failed else EXIT_OK
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "ok": self.ok,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "out_dir": str(self.out_dir),
+            "manifest": str(self.manifest) if self.manifest else None,
+            "interrupted_by": self.interrupted_by,
+            "exit_code": self.exit_code,
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+        }
 
     def line(self) -> str:
         rate = self.total / self.seconds if self.seconds > 0 else 0.0
@@ -340,42 +374,115 @@ def _prepare_output(out_dir: Path) -> None:
         raise OutputError(f"cannot write to the output folder {out_dir}: {exc.strerror or exc}.") from None
 
 
-def run(config: Config, options: RunOptions) -> RunSummary:
-    """Explain every image of `options.inputs`; returns the summary (the manifest is on disk)."""
-    inputs = check_inputs(options.inputs)
-    prepared = prepare(config)
-    out_dir = config.output.dir.resolve()
-    _prepare_output(out_dir)
-    (out_dir / RECORDS_NAME).unlink(missing_ok=True)  # a fresh run; resuming is a separate feature
-    started = datetime.now(timezone.utc)
-    clock = time.perf_counter()
-    summary = RunSummary(out_dir=out_dir)
+class _StopSignals:
+    """SIGINT/SIGTERM: the first lets the batch in flight finish; a second stops at once."""
 
-    sources = _limited(discover(inputs, config.input.extensions, options.stdin, exclude=out_dir), options.limit)
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def run(config: Config, options: RunOptions) -> RunSummary:
+    """Explain every image of `options.inputs`; returns the summary (the manifest is on disk).
+
+    Order matters for "nothing written on a config error": inputs, config and model are validated, and
+    an existing output folder is locked and checked, before anything is created or changed.
+    """
+    inputs = check_inputs(options.inputs)
+    out_dir = config.output.dir.resolve()
+    events = options.events or EventLog(None)
+    with contextlib.ExitStack() as stack:
+        lock = OutputLock(out_dir)
+        if out_dir.is_dir():  # a second run on the same folder exits before loading any model
+            stack.enter_context(lock)
+            if not options.overwrite:
+                check_previous_config(out_dir, config)
+        prepared = prepare(config)
+        if not out_dir.is_dir():
+            _prepare_output(out_dir)
+            stack.enter_context(lock)
+        _prepare_output(out_dir)
+        if options.overwrite:
+            clear_results(out_dir)
+            _prepare_output(out_dir)
+        records_path = out_dir / RECORDS_NAME
+        repair_records(records_path)
+        write_run_info(out_dir, config.config_hash(), config.model_dump(mode="json"))
+        done = load_done(records_path) if options.resume else {}
+        events.emit(
+            "run_started",
+            config_hash=config.config_hash(),
+            inputs=inputs,
+            out_dir=str(out_dir),
+            device=str(prepared.device),
+            already_done=len(done),
+        )
+        summary = _stream(prepared, inputs, out_dir, done, options, events)
+        summary.manifest = write_manifest(out_dir, _manifest_header(prepared, summary), skipped=summary.skipped)
+        events.emit("run_finished", summary=summary.as_dict())
+        return summary
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+def _stream(
+    prepared: Prepared, inputs: list[str], out_dir: Path, done: dict[str, Any], options: RunOptions, events: EventLog
+) -> RunSummary:
+    """The streaming stages; records are durable per batch whatever stops the loop."""
+    config = prepared.config
+    summary = RunSummary(out_dir=out_dir)
+    summary.started_at = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    progress = _progress(options.quiet)
+
+    def skipped(_: ImageSource) -> None:
+        summary.skipped += 1
+        summary.total += 1
+
+    sources = discover(inputs, filters_of(config), options.stdin, exclude=out_dir)
+    todo = limited(pending(sources, done, skipped), options.limit)
     dataset = DecodeDataset(config.preprocess, config.input, keep_original=config.output.overlays)
     workers = resolve_workers(config.runtime.workers)
     batches = decoded_batches(
-        sources, dataset, config.runtime.batch_size, workers, pin_memory=prepared.device.type == "cuda"
+        todo, dataset, config.runtime.batch_size, workers, pin_memory=prepared.device.type == "cuda"
     )
-    progress = _progress(options.quiet)
     records = RecordsWriter(out_dir / RECORDS_NAME)
     writer = _BatchWriter(prepared, out_dir, records, threads=max(2, min(8, os.cpu_count() or 2)))
 
     def account(written: list[dict[str, Any]]) -> None:
-        failed_now = sum(1 for r in written if r["status"] == "error")
+        for record in written:
+            if record["status"] == "error":
+                summary.failed += 1
+                events.emit("image_failed", path=record["path"], source=record["source"], error=record["error"])
+            else:
+                summary.ok += 1
         summary.total += len(written)
-        summary.failed += failed_now
-        summary.ok += len(written) - failed_now
-        if progress is not None and written:
+        if progress is not None:
             progress.update(len(written))
-            progress.set_postfix(ok=summary.ok, failed=summary.failed, refresh=False)
+            progress.set_postfix(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, refresh=False)
 
     try:
-        with prepared.engine:
+        with _StopSignals() as stop, prepared.engine:
             stages = summary.stage_seconds
             mark = time.perf_counter()
             for batch in batches:
                 mark = _lap(stages, "decode", mark)  # time the main loop waited for decoded batches
+                summary.skipped += sum(1 for item in batch.items if item.skipped)
+                summary.total += sum(1 for item in batch.items if item.skipped)
                 result = None
                 if batch.pixels is not None:
                     images = _normalised(batch.pixels, config, prepared.device)
@@ -387,31 +494,24 @@ def run(config: Config, options: RunOptions) -> RunSummary:
                 mark = _lap(stages, "render", mark)
                 account(writer.drain(keep=1))
                 mark = _lap(stages, "encode", mark)  # time waiting for the writer pool
+                if stop.signum is not None:
+                    summary.interrupted_by = stop.signum
+                    break
                 if options.fail_fast and any(r["status"] == "error" for r in submitted):
                     break
-        account(writer.drain())
-        _lap(summary.stage_seconds, "encode", mark)
+            account(writer.drain())
+            _lap(stages, "encode", mark)
     except KeyboardInterrupt:
-        summary.interrupted = True
-        account(writer.drain())
+        # A second Ctrl-C (or one outside the handler's reach): stop now. Files are atomic and records
+        # are only appended for complete batches, so what is on disk stays consistent.
+        summary.interrupted_by = summary.interrupted_by or signal.SIGINT
     finally:
         writer.close()
         records.close()
         if progress is not None:
             progress.close()
     summary.seconds = time.perf_counter() - clock
-    summary.manifest = write_manifest(out_dir, _manifest_header(prepared, started))
     return summary
-
-
-def _limited(sources: Any, limit: int | None) -> Any:
-    if limit is None:
-        yield from sources
-        return
-    for count, source in enumerate(sources):
-        if count >= limit:
-            return
-        yield source
 
 
 def _progress(quiet: bool) -> Any:
@@ -422,7 +522,7 @@ def _progress(quiet: bool) -> Any:
     return tqdm(unit="img", file=sys.stderr, dynamic_ncols=True, desc="gradcam")
 
 
-def _manifest_header(prepared: Prepared, started: datetime) -> dict[str, Any]:
+def _manifest_header(prepared: Prepared, summary: RunSummary) -> dict[str, Any]:
     config = prepared.config
     return {
         "tool": {"name": "gradcam-cli", "version": __version__},
@@ -435,6 +535,6 @@ def _manifest_header(prepared: Prepared, started: datetime) -> dict[str, Any]:
         "device": str(prepared.device),
         "precision": config.runtime.precision,
         "normalization": NORMALIZATION,
-        "started_at": started.isoformat(timespec="seconds"),
+        "started_at": summary.started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

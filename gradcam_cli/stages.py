@@ -7,7 +7,10 @@ the device. A file that cannot be decoded becomes an item with an error, never a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import signal
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -16,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gradcam_cli.config import InputConfig, PreprocessConfig
-from gradcam_cli.io.decode import ImageReadError, read_image
+from gradcam_cli.io.decode import ImageReadError, decode_bytes
 from gradcam_cli.io.discovery import ImageSource
 from gradcam_cli.io.geometry import Geometry, plan, to_model_input
 
@@ -30,6 +33,7 @@ class DecodedItem:
     pixels: torch.Tensor | None = None  # (3, H, W) uint8 model input
     original: torch.Tensor | None = None  # (H0, W0, 3) uint8 RGB, kept for overlays
     error: tuple[str, str] | None = None  # (type, message)
+    skipped: bool = False  # resume: the bytes still match the earlier ok record
 
 
 @dataclass
@@ -53,33 +57,54 @@ class DecodeDataset(Dataset):
         self.pad_rgb = tuple(int(round(m * 255)) for m in preprocess.mean)
         self.max_pixels = inputs.max_pixels
         self.keep_original = keep_original
+        self._zips: dict[str, zipfile.ZipFile] = {}  # open archives, per worker process
 
     def __getitem__(self, source: ImageSource) -> DecodedItem:  # type: ignore[override]
+        if source.error is not None:
+            return DecodedItem(source=source, error=source.error)
         try:
-            decoded = read_image(source.source, self.max_pixels)
+            data = self._read(source)
+            sha256 = hashlib.sha256(data).hexdigest()
+            if source.known_sha256 == sha256:
+                return DecodedItem(source=source, sha256=sha256, skipped=True)  # touched, not changed
+            image = decode_bytes(data, self.max_pixels)
         except ImageReadError as exc:
             return DecodedItem(source=source, error=(exc.kind, str(exc)))
         except MemoryError:
             return DecodedItem(source=source, error=("MemoryError", "not enough memory to decode the image"))
-        image = decoded.image
         geometry = plan((image.height, image.width), self.size, self.mode)
         model_input = to_model_input(image, geometry, self.pad_rgb)
         original = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()) if self.keep_original else None
         return DecodedItem(
             source=source,
-            sha256=decoded.sha256,
+            sha256=sha256,
             size=(image.width, image.height),
             geometry=geometry,
             pixels=torch.from_numpy(model_input).permute(2, 0, 1).contiguous(),
             original=original,
         )
 
+    def _read(self, source: ImageSource) -> bytes:
+        if source.data is not None:
+            return source.data
+        try:
+            if source.archive is not None and source.member is not None:
+                archive = self._zips.get(source.archive)
+                if archive is None:
+                    archive = self._zips[source.archive] = zipfile.ZipFile(source.archive)
+                return archive.read(source.member)
+            with open(source.source, "rb") as handle:
+                return handle.read()
+        except (OSError, zipfile.BadZipFile, KeyError) as exc:
+            message = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ImageReadError("ReadError", message) from None
+
     def __len__(self) -> int:  # never used: batches come from a lazy sampler
         raise TypeError("DecodeDataset is streamed")
 
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:
-    ok = [i for i, item in enumerate(items) if item.error is None]
+    ok = [i for i, item in enumerate(items) if item.error is None and not item.skipped]
     pixels = torch.stack([items[i].pixels for i in ok]) if ok else None  # type: ignore[misc]
     for i in ok:
         items[i].pixels = None  # the stacked tensor carries them; avoid sending twice
@@ -99,6 +124,13 @@ class ChunkSampler:
             yield chunk
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: workers leave stopping to the main process, which
+    finishes the batch in flight and then shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def decoded_batches(
     sources: Iterable[ImageSource],
     dataset: DecodeDataset,
@@ -114,5 +146,6 @@ def decoded_batches(
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
+        worker_init_fn=_ignore_interrupts if workers else None,
     )
     yield from loader

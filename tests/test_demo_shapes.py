@@ -24,7 +24,7 @@ def samples() -> list[ShapeSample]:
 def test_same_seed_same_data() -> None:
     a = list(generate_dataset(seed=7, count=5))
     b = list(generate_dataset(seed=7, count=5))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert (x.label, x.box, x.image.size) == (y.label, y.box, y.image.size)
         assert np.array_equal(np.asarray(x.image), np.asarray(y.image))
 

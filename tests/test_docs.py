@@ -15,7 +15,7 @@ README = (REPO / "README.md").read_text()
 
 def test_readme_config_reference_matches_schema() -> None:
     start, end = README.index(START), README.index(END) + len(END)
-    assert README[start:end] == markdown(), "regenerate with: python -m gradcam_cli.reference"
+    assert README[start:end] == markdown(), "regenerate with: python -m gradcam_cli.reference --write README.md"
     for key, *_ in rows():
         assert f"`{key}`" in README
 

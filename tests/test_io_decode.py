@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from gradcam_cli.io.decode import ImageReadError, decode_bytes, read_image
+from gradcam_cli.io.decode import ImageReadError, decode_bytes
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -79,15 +78,3 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(ImageReadError) as info:
         decode_bytes(_encode(Image.new("L", (100, 100)), "PNG"), max_pixels=5000)
     assert info.value.kind == "DecompressionBomb" and "5000" in str(info.value)
-
-
-def test_read_image_hashes_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "x.png"
-    Image.new("RGB", (3, 3)).save(path)
-    import hashlib
-
-    decoded = read_image(str(path), 10**8)
-    assert decoded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert (decoded.width, decoded.height) == (3, 3)
-    with pytest.raises(ImageReadError):
-        read_image(str(tmp_path / "missing.png"), 10**8)

@@ -7,10 +7,8 @@ larger than `max_pixels` are refused before their pixels are decoded (decompress
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,20 +23,6 @@ class ImageReadError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    image: Image.Image  # RGB, orientation applied
-    sha256: str
-
-    @property
-    def width(self) -> int:
-        return self.image.width
-
-    @property
-    def height(self) -> int:
-        return self.image.height
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -90,13 +74,3 @@ def decode_bytes(data: bytes, max_pixels: int) -> Image.Image:
         message = str(exc) or type(exc).__name__
         kind = "TruncatedImage" if "truncated" in message.lower() else "DecodeError"
         raise ImageReadError(kind, message) from None
-
-
-def read_image(path: str, max_pixels: int) -> DecodedImage:
-    """Read a file once, hash it, and decode it."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise ImageReadError("ReadError", exc.strerror or str(exc)) from None
-    return DecodedImage(image=decode_bytes(data, max_pixels), sha256=hashlib.sha256(data).hexdigest())

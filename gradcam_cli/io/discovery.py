@@ -1,42 +1,82 @@
 """Which files a run reads, in a deterministic order, streamed (never listing the world).
 
 An input is a folder (walked recursively in sorted order, hidden entries skipped), a single image file,
-or "-" (newline-separated paths on stdin). Every source gets a record `path` (POSIX, relative to its
-input root) and an output `key` that is safe to join under the output folder.
+a `.zip`, `.tar`, `.tar.gz`/`.tgz` archive (read member by member, never unpacked to disk), or "-"
+(newline-separated paths on stdin). Every source gets a record `path` (POSIX, relative to its input
+root) that is safe to join under the output folder: no absolute names, no `..`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import stat
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from gradcam_cli.errors import InputError
 
 STDIN = "-"
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
 @dataclass(frozen=True)
 class ImageSource:
     """One image to process: where it is and what it is called in the outputs."""
 
-    source: str  # absolute path on disk
-    path: str  # POSIX path shown in records (relative to its input root)
+    source: str  # absolute path on disk (the archive's, for archive members)
+    path: str  # POSIX path shown in records and used for output names
+    file_size: int | None = None
+    mtime_ns: int | None = None
+    archive: str | None = None  # absolute archive path, for members
+    member: str | None = None  # member name inside the archive, as stored
+    data: bytes | None = None  # tar members are read in order by discovery (no random access in .tar.gz)
+    error: tuple[str, str] | None = None  # known unreadable before decoding (e.g. a link member)
+    known_sha256: str | None = None  # set by resume: skip the image if its bytes still hash to this
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What discovery keeps: extensions, include/exclude globs on the relative path, symlinks."""
+
+    extensions: tuple[str, ...]
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    follow_symlinks: bool = True
+
+    def reason_to_ignore(self, rel: str) -> str | None:
+        if os.path.splitext(rel)[1].lower() not in self.extensions:
+            return "not an image extension"
+        if self.include and not any(fnmatch.fnmatchcase(rel, pattern) for pattern in self.include):
+            return "not matched by input.include"
+        if any(fnmatch.fnmatchcase(rel, pattern) for pattern in self.exclude):
+            return "matched by input.exclude"
+        return None
+
+
+Ignored = Callable[[str, str], None]  # (path, reason) for --dry-run
+
+
+def is_archive(path: str) -> bool:
+    return path.lower().endswith(ARCHIVE_SUFFIXES) and os.path.isfile(path)
 
 
 def check_inputs(inputs: Iterable[str]) -> list[str]:
     """Fail early (exit 2) on inputs that do not exist, before any work or any write."""
     checked = list(inputs)
     if not checked:
-        raise InputError("no --input given. Pass a folder, an image file, or - to read paths from stdin.")
+        raise InputError("no --input given. Pass a folder, an image file, an archive, or - to read paths from stdin.")
     if checked.count(STDIN) > 1:
         raise InputError("'-' (stdin) can be given as --input only once.")
     for item in checked:
         if item != STDIN and not os.path.exists(item):
-            raise InputError(f"input not found: {item}. Pass an existing folder, image file, or -.")
+            raise InputError(f"input not found: {item}. Pass an existing folder, image file, archive, or -.")
     return checked
 
 
@@ -62,40 +102,89 @@ def _root_labels(inputs: list[str]) -> dict[int, str]:
     return labels
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
 def _walk(
-    root: Path, extensions: tuple[str, ...], seen_dirs: set[tuple[int, int]], exclude: Path | None
-) -> Iterator[Path]:
-    """Depth-first, sorted by name, hidden entries skipped, symlinked folders followed once (no loops)."""
+    root: Path, base: Path, filters: Filters, chain: set[tuple[int, int]], exclude: Path | None, ignored: Ignored | None
+) -> Iterator[tuple[Path, os.stat_result | None]]:
+    """Depth-first, sorted by name, hidden entries skipped, symlinked folders followed without loops."""
     if exclude is not None and root.resolve() == exclude:
         return  # our own output folder inside an input folder: never read results back as inputs
     try:
-        stat = root.stat()
-    except OSError:
-        return
-    identity = (stat.st_dev, stat.st_ino)
-    if identity in seen_dirs:
-        return
-    seen_dirs.add(identity)
-    try:
+        identity = (root.stat().st_dev, root.stat().st_ino)
         entries = sorted(os.scandir(root), key=lambda entry: entry.name)
     except OSError:
         return
+    if identity in chain:
+        return  # a symlink loop
+    chain.add(identity)
     for entry in entries:
-        if _is_hidden(entry.name):
+        rel = Path(entry.path).relative_to(base).as_posix()
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and not filters.follow_symlinks:
+            if ignored:
+                ignored(rel, "a symlink (input.follow_symlinks is false)")
             continue
         try:
             is_dir = entry.is_dir()
         except OSError:
-            continue
+            is_dir = False
         if is_dir:
-            yield from _walk(Path(entry.path), extensions, seen_dirs, exclude)
-        elif os.path.splitext(entry.name)[1].lower() in extensions:
-            yield Path(entry.path)
-    seen_dirs.discard(identity)  # only the current chain matters for loops; siblings may share targets
+            yield from _walk(Path(entry.path), base, filters, chain, exclude, ignored)
+            continue
+        reason = filters.reason_to_ignore(rel)
+        if reason:
+            if ignored:
+                ignored(rel, reason)
+            continue
+        try:
+            info: os.stat_result | None = entry.stat()
+        except OSError:
+            info = None  # a broken symlink: reading it gives the error record
+        yield Path(entry.path), info
+    chain.discard(identity)
+
+
+def _archive_sources(archive: Path, filters: Filters, ignored: Ignored | None) -> Iterator[ImageSource]:
+    """Members of a zip or tar archive, in stored order, never extracted to disk."""
+    source = str(archive)
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as handle:
+            for info in handle.infolist():
+                if info.is_dir():
+                    continue
+                rel = safe_relpath(info.filename)
+                if not rel or rel.split("/")[-1].startswith(".") or filters.reason_to_ignore(rel):
+                    if ignored and rel:
+                        ignored(f"{archive.name}/{rel}", filters.reason_to_ignore(rel) or "hidden")
+                    continue
+                is_link = stat.S_ISLNK(info.external_attr >> 16)
+                yield ImageSource(
+                    source=source,
+                    path=rel,
+                    file_size=info.file_size,
+                    mtime_ns=int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp() * 1e9),
+                    archive=source,
+                    member=info.filename,
+                    error=("ArchiveLink", "symbolic link members are not followed") if is_link else None,
+                )
+        return
+    with tarfile.open(archive, mode="r:*") as handle:
+        for info in handle:
+            if info.isdir():
+                continue
+            rel = safe_relpath(info.name)
+            if not rel or rel.split("/")[-1].startswith(".") or filters.reason_to_ignore(rel):
+                if ignored and rel:
+                    ignored(f"{archive.name}/{rel}", filters.reason_to_ignore(rel) or "hidden")
+                continue
+            common = {"source": source, "path": rel, "archive": source, "member": info.name}
+            if not info.isfile():
+                kind = "link" if (info.issym() or info.islnk()) else "special file"
+                yield ImageSource(**common, error=("ArchiveLink", f"{kind} members are not followed"))
+                continue
+            extracted = handle.extractfile(info)
+            data = extracted.read() if extracted is not None else b""
+            yield ImageSource(**common, file_size=info.size, mtime_ns=int(info.mtime * 1e9), data=data)
 
 
 def _stdin_sources(stream: TextIO) -> Iterator[tuple[str, str]]:
@@ -110,30 +199,57 @@ def _stdin_sources(stream: TextIO) -> Iterator[tuple[str, str]]:
         yield absolute, safe_relpath(shown)
 
 
+def _file_source(source: str, path: str) -> ImageSource:
+    try:
+        info = os.stat(source)
+        return ImageSource(source=source, path=path, file_size=info.st_size, mtime_ns=info.st_mtime_ns)
+    except OSError:
+        return ImageSource(source=source, path=path)
+
+
 def discover(
-    inputs: list[str], extensions: tuple[str, ...], stdin: TextIO | None = None, exclude: Path | None = None
+    inputs: list[str],
+    extensions: tuple[str, ...] | Filters,
+    stdin: TextIO | None = None,
+    exclude: Path | None = None,
+    ignored: Ignored | None = None,
 ) -> Iterator[ImageSource]:
     """Yield every image source of the inputs in order; paths are unique within one run.
 
-    `exclude` (the output folder) is never walked into.
+    `exclude` (the output folder) is never walked into; `ignored` is told about skipped files.
     """
+    filters = extensions if isinstance(extensions, Filters) else Filters(tuple(extensions))
     labels = _root_labels(inputs)
     stdin_paths_seen: set[str] = set()
     for index, item in enumerate(inputs):
         prefix = labels.get(index)
+        sources: Iterable[ImageSource]
         if item == STDIN:
-            pairs: Iterable[tuple[str, str]] = _stdin_sources(stdin or sys.stdin)
+            sources = (_file_source(src, rel) for src, rel in _stdin_sources(stdin or sys.stdin))
         elif os.path.isdir(item):
             root = Path(item).resolve()
-            pairs = ((str(p), p.relative_to(root).as_posix()) for p in _walk(root, extensions, set(), exclude))
+            sources = (
+                ImageSource(
+                    source=str(path),
+                    path=path.relative_to(root).as_posix(),
+                    file_size=info.st_size if info else None,
+                    mtime_ns=info.st_mtime_ns if info else None,
+                )
+                for path, info in _walk(root, root, filters, set(), exclude, ignored)
+            )
+        elif is_archive(item):
+            archive = Path(item).resolve()
+            labelled = prefix or archive.name  # members are named <archive>/<member>
+            sources = (replace(s, path=f"{labelled}/{s.path}") for s in _archive_sources(archive, filters, ignored))
+            prefix = None
         else:
-            pairs = [(str(Path(item).resolve()), Path(item).name)]
-        for source, rel in pairs:
-            path = f"{prefix}/{rel}" if prefix else rel
+            sources = [_file_source(str(Path(item).resolve()), Path(item).name)]
+        for source in sources:
+            path = f"{prefix}/{source.path}" if prefix else source.path
             if item == STDIN:
                 # Paths on stdin may repeat; keep names unique so outputs never collide.
                 base, n = path, 2
                 while path in stdin_paths_seen:
                     path, n = f"{base}~{n}", n + 1
                 stdin_paths_seen.add(path)
-            yield ImageSource(source=source, path=path)
+            yield source if path == source.path else replace(source, path=path)

@@ -1,8 +1,9 @@
-"""Records and the manifest: the machine-readable result of a run.
+"""Records and the manifest: the machine-readable result of a run, and the memory of earlier runs.
 
-`records.jsonl` gets one JSON line per image, appended and flushed as each batch finishes, so a crash
-loses at most the batch in flight. `manifest.json` is written atomically at the end from the header and
-the records (streamed, never all in memory).
+`records.jsonl` gets one JSON line per image, appended, flushed and fsynced as each batch finishes, so a
+crash loses at most the batch in flight; a torn last line (a crash mid-write) is cut off on the next
+start. A later record for the same path supersedes an earlier one. `manifest.json` is written
+atomically from the records: every image exactly once (its latest record), in input order.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gradcam_cli.io.files import atomic_open
+from gradcam_cli.io.files import atomic_open, atomic_write_bytes
 
 SCHEMA_VERSION = 1
 RECORDS_NAME = "records.jsonl"
 MANIFEST_NAME = "manifest.json"
+RUN_NAME = "run.json"
 NORMALIZATION = (
     "per image and target: ReLU, then (cam - min) / (max - min + 1e-7) at feature resolution, bilinear to "
     "the model input size, mean over target layers, min-max again, then mapped onto the original image; "
@@ -31,7 +34,7 @@ def dumps_record(record: dict[str, Any]) -> str:
 
 
 class RecordsWriter:
-    """Append-only `records.jsonl`: a line per image, flushed per batch."""
+    """Append-only `records.jsonl`: a line per image, durable per batch."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -54,8 +57,33 @@ class RecordsWriter:
         self.close()
 
 
+def repair_records(path: Path) -> bool:
+    """Cut a torn last line (no newline) left by a crash; returns whether anything was cut."""
+    if not path.exists():
+        return False
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return False
+        position = size
+        while position > 0:  # scan back for the last complete line
+            step = min(65536, position)
+            handle.seek(position - step)
+            block = handle.read(step)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(position - step + newline + 1)
+                return True
+            position -= step
+        handle.truncate(0)
+        return True
+
+
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Records in file order; a torn last line (a crash mid-write) is skipped."""
+    """Records in file order; a torn or corrupt line is skipped."""
     if not path.exists():
         return
     with open(path, encoding="utf-8") as handle:
@@ -68,24 +96,85 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
-def summarize(records_path: Path) -> dict[str, int]:
-    counts = {"total": 0, "ok": 0, "failed": 0, "skipped": 0}
+@dataclass(frozen=True)
+class DoneImage:
+    """What an ok record says about its source, to decide whether the source changed since."""
+
+    sha256: str
+    file_size: int | None
+    mtime_ns: int | None
+
+
+def load_done(records_path: Path) -> dict[str, DoneImage]:
+    """The latest record per path, kept only where it is ok (failed images are retried)."""
+    done: dict[str, DoneImage] = {}
     for record in read_records(records_path):
-        counts["total"] += 1
-        status = record.get("status")
-        counts["failed" if status == "error" else "skipped" if status == "skipped" else "ok"] += 1
-    return counts
+        path = record.get("path")
+        if not isinstance(path, str):
+            continue
+        if record.get("status") == "ok" and record.get("sha256"):
+            done[path] = DoneImage(record["sha256"], record.get("file_size"), record.get("mtime_ns"))
+        else:
+            done.pop(path, None)
+    return done
 
 
-def write_manifest(out_dir: Path, header: dict[str, Any]) -> Path:
-    """Write `manifest.json` atomically: the header (sorted keys) plus `images` streamed from records."""
+def path_order(path: str) -> tuple[str, ...]:
+    """Sort key matching discovery's order (depth-first, names sorted per folder)."""
+    return tuple(path.split("/"))
+
+
+def _latest_lines(records_path: Path) -> dict[str, tuple[int, bool]]:
+    """Per path: byte offset of its latest complete record line, and whether that record failed."""
+    latest: dict[str, tuple[int, bool]] = {}
+    if not records_path.exists():
+        return latest
+    with open(records_path, "rb") as handle:
+        offset = 0
+        for line in handle:
+            if line.endswith(b"\n"):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = None
+                if isinstance(record, dict) and isinstance(record.get("path"), str):
+                    latest[record["path"]] = (offset, record.get("status") == "error")
+            offset += len(line)
+    return latest
+
+
+def write_manifest(out_dir: Path, header: dict[str, Any], skipped: int = 0) -> Path:
+    """Write `manifest.json` atomically: the header (sorted keys) and every image's latest record.
+
+    `summary` counts the images in the manifest (`total`, `ok`, `failed`) and how many of the ok ones
+    this run `skipped` because an earlier run had already explained them.
+    """
     records_path = out_dir / RECORDS_NAME
-    body = dict(header, schema_version=SCHEMA_VERSION, summary=summarize(records_path))
+    latest = _latest_lines(records_path)
+    failed = sum(1 for _, is_error in latest.values() if is_error)
+    counts = {"total": len(latest), "ok": len(latest) - failed, "failed": failed, "skipped": skipped}
+    body = dict(header, schema_version=SCHEMA_VERSION, summary=counts)
     head = json.dumps(body, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
     path = out_dir / MANIFEST_NAME
-    with atomic_open(path, durable=True) as handle:
-        handle.write((head[: head.rstrip().rfind("}")].rstrip() + ',\n  "images": [').encode())
-        for index, record in enumerate(read_records(records_path)):
-            handle.write((("\n    " if index == 0 else ",\n    ") + dumps_record(record)).encode())
-        handle.write(b"\n  ]\n}\n")
+    with atomic_open(path, durable=True) as out:
+        out.write((head[: head.rstrip().rfind("}")].rstrip() + ',\n  "images": [').encode())
+        if latest:
+            with open(records_path, "rb") as records:
+                for index, image_path in enumerate(sorted(latest, key=path_order)):
+                    records.seek(latest[image_path][0])
+                    out.write((b"\n    " if index == 0 else b",\n    ") + records.readline().rstrip(b"\n"))
+        out.write(b"\n  ]\n}\n")
     return path
+
+
+def write_run_info(out_dir: Path, config_hash: str, config: dict[str, Any]) -> None:
+    """`run.json`: which config produced this folder's results (checked by the next run)."""
+    text = json.dumps({"config_hash": config_hash, "config": config}, sort_keys=True, indent=2)
+    atomic_write_bytes(out_dir / RUN_NAME, text.encode(), durable=True)
+
+
+def read_run_info(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out_dir / RUN_NAME).read_text())
+    except (OSError, ValueError):
+        return None
