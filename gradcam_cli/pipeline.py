@@ -243,10 +243,21 @@ def _normalised(pixels: torch.Tensor, config: Config, device: torch.device) -> t
     return x.contiguous(memory_format=torch.channels_last) if device.type in ("cpu", "cuda") else x
 
 
-def _error_record(item_source: ImageSource, sha256: str | None, kind: str, message: str) -> dict[str, Any]:
+def _source_fields(source: ImageSource) -> dict[str, Any]:
+    """Where a record's image came from, and what resume compares next time."""
     return {
-        "path": item_source.path,
-        "source": item_source.source,
+        "path": source.path,
+        "source": source.source,
+        "archive": source.archive,
+        "member": source.member,
+        "file_size": source.file_size,
+        "mtime_ns": source.mtime_ns,
+    }
+
+
+def _error_record(source: ImageSource, sha256: str | None, kind: str, message: str) -> dict[str, Any]:
+    return {
+        **_source_fields(source),
         "sha256": sha256,
         "width": None,
         "height": None,
@@ -275,6 +286,8 @@ class _BatchWriter:
         futures: list[Future[None]] = []
         position = {item_index: row for row, item_index in enumerate(batch.ok)}
         for index, item in enumerate(batch.items):
+            if item.skipped:
+                continue
             if item.error is not None:
                 records.append(_error_record(item.source, item.sha256, *item.error))
                 continue
@@ -324,8 +337,7 @@ class _BatchWriter:
             width, height = item.size
             records.append(
                 {
-                    "path": item.source.path,
-                    "source": item.source.source,
+                    **_source_fields(item.source),
                     "sha256": item.sha256,
                     "width": width,
                     "height": height,

@@ -68,3 +68,18 @@ def build_object(num_classes: int = 3) -> nn.Module:
 
 def not_a_module() -> str:
     return "nope"
+
+
+class SlowCNN(TinyCNN):
+    """Sleeps in every forward pass, so a test can interrupt a run mid-way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.3)
+        return super().forward(x)
+
+
+def build_slow(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return SlowCNN(num_classes)

@@ -1,0 +1,304 @@
+"""Unattended runs: resume, config guard, lock, interruption, archives, filters, dry-run, event log."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gradcam_cli.cli import app
+from gradcam_cli.io.lock import OutputLock
+from tests.conftest import ASSETS, REPO, random_image
+
+runner = CliRunner()
+
+
+def gradcam(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_rerun_processes_only_new_and_changed_images(config_file, image_folder: Path, tmp_path: Path) -> None:
+    config = str(config_file())
+    out = tmp_path / "out"
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    first = manifest(out)
+    heatmap = out / "heatmaps" / "a.jpg.png"
+    written = heatmap.stat().st_mtime_ns
+
+    again = gradcam("run", "-c", config, "-i", str(image_folder), "-q", "--json")
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["skipped"] == 3 and json.loads(again.stdout)["ok"] == 0
+    assert heatmap.stat().st_mtime_ns == written  # nothing recomputed
+    second = manifest(out)
+    assert second["images"] == first["images"] and second["summary"]["skipped"] == 3
+
+    random_image(image_folder / "new.png", 20, 20, seed=11)  # the archive grows
+    os.utime(image_folder / "a.png", ns=(1, 1))  # touched, same bytes: re-hashed, not recomputed
+    random_image(image_folder / "sub" / "b.png", 30, 70, seed=12)  # changed content
+    result = gradcam("run", "-c", config, "-i", str(image_folder), "-q", "--json")
+    summary = json.loads(result.stdout)
+    assert (summary["ok"], summary["skipped"]) == (2, 2)
+    third = manifest(out)
+    assert [r["path"] for r in third["images"]] == ["a.jpg", "a.png", "new.png", "sub/b.png"]
+    assert third["summary"]["total"] == 4
+    b_record = next(r for r in third["images"] if r["path"] == "sub/b.png")
+    assert b_record["sha256"] != next(r for r in first["images"] if r["path"] == "sub/b.png")["sha256"]
+
+    forced = gradcam("run", "-c", config, "-i", str(image_folder), "-q", "--no-resume", "--json")
+    assert json.loads(forced.stdout)["ok"] == 4
+    assert [r["path"] for r in manifest(out)["images"]] == ["a.jpg", "a.png", "new.png", "sub/b.png"]
+
+
+def test_failed_images_are_retried(config_file, image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "late.png").write_bytes(b"")
+    config = str(config_file())
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 1
+    random_image(image_folder / "late.png", 16, 16, seed=3)
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    statuses = {r["path"]: r["status"] for r in manifest(tmp_path / "out")["images"]}
+    assert statuses["late.png"] == "ok" and len(statuses) == 4
+
+
+def test_different_config_is_refused_unless_overwrite(config_file, image_folder: Path, tmp_path: Path) -> None:
+    assert gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q").exit_code == 0
+    other = str(config_file(cam={"method": "layercam"}))
+    refused = gradcam("run", "-c", other, "-i", str(image_folder), "-q")
+    assert refused.exit_code == 2
+    assert "different config" in refused.stderr and "cam.method" in refused.stderr and "--overwrite" in refused.stderr
+    assert manifest(tmp_path / "out")["method"] == "gradcam"  # untouched
+    (tmp_path / "out" / "keep-me.txt").write_text("not ours")
+    assert gradcam("run", "-c", other, "-i", str(image_folder), "-q", "--overwrite").exit_code == 0
+    assert manifest(tmp_path / "out")["method"] == "layercam"
+    assert (tmp_path / "out" / "keep-me.txt").exists()
+
+
+def test_torn_last_record_is_repaired(config_file, image_folder: Path, tmp_path: Path) -> None:
+    config = str(config_file())
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    records = tmp_path / "out" / "records.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    records.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # crash mid-write
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    result = manifest(tmp_path / "out")
+    assert [r["path"] for r in result["images"]] == ["a.jpg", "a.png", "sub/b.png"]
+    assert all(line.endswith("\n") for line in records.read_text().splitlines(keepends=True))
+
+
+def test_second_run_is_refused_while_the_first_holds_the_lock(config_file, image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputLock(out):
+        started = time.perf_counter()
+        result = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q")
+        assert time.perf_counter() - started < 5  # exits promptly, without loading a model
+    assert result.exit_code == 3 and "another gradcam run" in result.stderr
+    assert not (out / "manifest.json").exists()
+
+
+def test_stale_lock_of_a_dead_run_is_taken_over(config_file, image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".gradcam.lock").write_text(json.dumps({"pid": 999999, "host": "gone", "started": "yesterday"}))
+    assert gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q").exit_code == 0
+
+
+def test_disk_full_is_a_clear_error_and_records_stay_valid(
+    config_file, image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from gradcam_cli.io import outputs
+
+    calls = {"n": 0}
+    real = outputs.atomic_write_bytes
+
+    def fill_up(path, data, durable=False):
+        calls["n"] += 1
+        if calls["n"] > 4:  # the first two images fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data, durable)
+
+    monkeypatch.setattr(outputs, "atomic_write_bytes", fill_up)
+    config = str(config_file(runtime={"batch_size": 1}))
+    result = gradcam("run", "-c", config, "-i", str(image_folder), "-q")
+    assert result.exit_code == 4 and "No space left on device" in result.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in records] == ["a.jpg", "a.png"]
+    for record in records:
+        Image.open(tmp_path / "out" / record["cams"][0]["heatmap"]).load()
+
+
+def test_archives_are_read_member_by_member_and_never_escape(config_file, tmp_path: Path) -> None:
+    png = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(png, "PNG")
+    data = png.getvalue()
+    with zipfile.ZipFile(tmp_path / "batch.zip", "w") as archive:
+        archive.writestr("photos/ok.png", data)
+        archive.writestr("../../evil.png", data)
+        archive.writestr("/abs/root.png", data)
+        archive.writestr("notes.txt", b"ignored")
+    with tarfile.open(tmp_path / "batch.tar.gz", "w:gz") as archive:
+        for name in ("x/ok.png", "../up.png"):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+    out = tmp_path / "out"
+    result = gradcam(
+        "run", "-c", str(config_file()), "-i", str(tmp_path / "batch.zip"), "-i", str(tmp_path / "batch.tar.gz"), "-q"
+    )
+    assert result.exit_code == 1, result.output  # the link member is an error record
+    images = {r["path"]: r for r in manifest(out)["images"]}
+    assert set(images) == {
+        "batch.zip/photos/ok.png",
+        "batch.zip/__/__/evil.png",
+        "batch.zip/abs/root.png",
+        "batch.tar.gz/x/ok.png",
+        "batch.tar.gz/__/up.png",
+        "batch.tar.gz/link.png",
+    }
+    assert images["batch.zip/__/__/evil.png"]["member"] == "../../evil.png"
+    assert images["batch.zip/__/__/evil.png"]["archive"] == str(tmp_path / "batch.zip")
+    assert images["batch.tar.gz/link.png"]["error"]["type"] == "ArchiveLink"
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - {tmp_path / "batch.zip", tmp_path / "batch.tar.gz"}
+    written -= {p for p in written if out in p.parents or p.name == "config.yaml"}
+    assert written == set()  # nothing outside the output folder
+    assert Image.open(out / images["batch.zip/__/__/evil.png"]["cams"][0]["heatmap"]).size == (24, 16)
+
+
+def test_include_exclude_and_dry_run(config_file, image_folder: Path, tmp_path: Path) -> None:
+    config = str(config_file(input={"include": ["*.png"], "exclude": ["sub/*"]}))
+    dry = gradcam("run", "-c", config, "-i", str(image_folder), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "process  a.png" in dry.stdout
+    assert "ignore   a.jpg  (not matched by input.include)" in dry.stdout
+    assert "ignore   sub/b.png  (matched by input.exclude)" in dry.stdout
+    assert not (tmp_path / "out").exists()
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    assert [r["path"] for r in manifest(tmp_path / "out")["images"]] == ["a.png"]
+    again = gradcam("run", "-c", config, "-i", str(image_folder), "--dry-run")
+    assert "skip     a.png  (done)" in again.stdout
+
+
+def test_dry_run_loads_no_model(config_file, image_folder: Path) -> None:
+    args = ["run", "-c", str(config_file()), "-i", str(image_folder), "--dry-run"]
+    code = (
+        "import sys; from typer.testing import CliRunner; from gradcam_cli.cli import app; "
+        f"r = CliRunner().invoke(app, {args!r}); "
+        "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_event_log_and_json_summary(config_file, image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    log = tmp_path / "events.jsonl"
+    result = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q", "--log-file", str(log), "--json")
+    assert result.exit_code == 1
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["run_started", "image_failed", "run_finished"]
+    assert events[1]["path"] == "broken.jpg" and events[1]["error"]["type"]
+    assert events[2]["summary"]["failed"] == 1 and events[2]["summary"]["exit_code"] == 1
+    assert json.loads(result.stdout)["ok"] == 3
+    text = gradcam(
+        "run",
+        "-c",
+        str(config_file()),
+        "-i",
+        str(image_folder),
+        "-q",
+        "--log-file",
+        str(tmp_path / "events.log"),
+        "--log-format",
+        "text",
+    )
+    assert text.exit_code == 1 and " run_finished " in (tmp_path / "events.log").read_text()
+
+
+# ------------------------------------------------------------------ real processes, real signals
+def _slow_run(tmp_path: Path, tiny_weights: Path, count: int = 16) -> tuple[list[str], Path]:
+    folder = tmp_path / "many"
+    for i in range(count):
+        random_image(folder / f"{i:02d}.png", 40, 30, seed=i)
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {
+                    "factory": str(ASSETS / "tiny_models.py") + ":build_slow",
+                    "weights": str(tiny_weights),
+                    "target_layer": "features.3",
+                },
+                "preprocess": {"size": [32, 32]},
+                "runtime": {"batch_size": 2, "workers": 1, "device": "cpu"},
+            }
+        )
+    )
+    out = tmp_path / "out"
+    return [
+        sys.executable,
+        "-m",
+        "gradcam_cli.cli",
+        "run",
+        "-c",
+        str(config),
+        "-i",
+        str(folder),
+        "-o",
+        str(out),
+        "-q",
+    ], out
+
+
+def _wait_for_records(out: Path, process: subprocess.Popen, lines: int = 2) -> None:
+    deadline = time.time() + 120
+    records = out / "records.jsonl"
+    while time.time() < deadline and process.poll() is None:
+        if records.exists() and records.read_text().count("\n") >= lines:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run finished or stalled before it could be interrupted")
+
+
+def _assert_complete_exactly_once(out: Path, count: int) -> None:
+    images = manifest(out)["images"]
+    assert [r["path"] for r in images] == [f"{i:02d}.png" for i in range(count)]
+    assert all(r["status"] == "ok" for r in images)
+    for record in images:
+        for key in ("heatmap", "overlay"):
+            Image.open(out / record["cams"][0][key]).load()  # every PNG fully decodable
+    for png in out.rglob("*.png"):
+        Image.open(png).load()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGKILL, -9), (signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_loses_nothing_and_resumes(tmp_path: Path, tiny_weights: Path, signum: int, code: int) -> None:
+    command, out = _slow_run(tmp_path, tiny_weights)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_records(out, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr.decode()[-2000:]
+    if signum != signal.SIGKILL:
+        partial = manifest(out)  # written on the way out
+        assert 0 < partial["summary"]["total"] < 16
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    _assert_complete_exactly_once(out, 16)
