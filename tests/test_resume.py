@@ -302,3 +302,59 @@ def test_interrupted_run_loses_nothing_and_resumes(tmp_path: Path, tiny_weights:
     finished = subprocess.run(command, cwd=REPO, capture_output=True, timeout=300)
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
     _assert_complete_exactly_once(out, 16)
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)  # a sliver of pixel data: the header is the attack
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_hostile_corpus(config_file, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    good = [random_image(corpus / "good1.jpg", 50, 40, seed=1), random_image(corpus / "x.jpg" / "inside.png", 30, 30)]
+    jpeg = random_image(tmp_path / "src.jpg", 120, 90, seed=2).read_bytes()
+    png = random_image(tmp_path / "src.png", 120, 90, seed=3).read_bytes()
+    bad = {
+        "zero.jpg": b"",
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "truncated.png": png[: len(png) // 2],
+        "text.jpg": b"this is a text file with a .jpg name\n",
+        "random.png": os.urandom(4096),
+        "bomb.png": _png_header_claiming(50000, 50000),
+    }
+    for name, data in bad.items():
+        (corpus / name).write_bytes(data)
+    os.symlink(corpus / "missing.jpg", corpus / "broken-link.jpg")
+    os.symlink(corpus, corpus / "loop")
+    with zipfile.ZipFile(corpus.parent / "members.zip", "w") as archive:
+        archive.writestr("../../evil.png", png)
+        archive.writestr("/etc/absolute.png", png)
+    out = tmp_path / "out"
+    result = gradcam("run", "-c", str(config_file()), "-i", str(corpus), "-i", str(tmp_path / "members.zip"), "-q")
+    assert result.exit_code == 1, result.output
+    images = {r["path"]: r for r in manifest(out)["images"]}
+    ok = {p for p, r in images.items() if r["status"] == "ok"}
+    assert ok == {
+        "corpus/good1.jpg",
+        "corpus/x.jpg/inside.png",
+        "members.zip/__/__/evil.png",
+        "members.zip/etc/absolute.png",
+    }
+    errors = {p.removeprefix("corpus/"): r["error"] for p, r in images.items() if r["status"] == "error"}
+    assert set(errors) == set(bad) | {"broken-link.jpg"}
+    assert errors["bomb.png"]["type"] == "DecompressionBomb" and "50000x50000" in errors["bomb.png"]["message"]
+    assert errors["zero.jpg"]["type"] == "EmptyFile"
+    assert errors["text.jpg"]["type"] == "NotAnImage" and errors["random.png"]["type"] in ("NotAnImage", "DecodeError")
+    assert errors["broken-link.jpg"]["type"] == "ReadError"
+    assert all(e["message"] for e in errors.values())
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and out not in p.parents]
+    assert all(corpus in p.parents or p.parent == tmp_path for p in outside)
+    assert not any(p.name.startswith(("evil", "absolute")) for p in outside)
+    assert len(good) == 2
