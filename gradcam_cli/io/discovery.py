@@ -144,6 +144,19 @@ def _walk(
     chain.discard(identity)
 
 
+def _member_path(name: str, archive_name: str, filters: Filters, ignored: Ignored | None) -> str | None:
+    """A member's safe relative path, or None when it is hidden or filtered out."""
+    rel = safe_relpath(name)
+    if not rel:
+        return None
+    reason = "hidden" if rel.split("/")[-1].startswith(".") else filters.reason_to_ignore(rel)
+    if reason:
+        if ignored:
+            ignored(f"{archive_name}/{rel}", reason)
+        return None
+    return rel
+
+
 def _archive_sources(archive: Path, filters: Filters, ignored: Ignored | None) -> Iterator[ImageSource]:
     """Members of a zip or tar archive, in stored order, never extracted to disk."""
     source = str(archive)
@@ -152,10 +165,8 @@ def _archive_sources(archive: Path, filters: Filters, ignored: Ignored | None) -
             for info in handle.infolist():
                 if info.is_dir():
                     continue
-                rel = safe_relpath(info.filename)
-                if not rel or rel.split("/")[-1].startswith(".") or filters.reason_to_ignore(rel):
-                    if ignored and rel:
-                        ignored(f"{archive.name}/{rel}", filters.reason_to_ignore(rel) or "hidden")
+                rel = _member_path(info.filename, archive.name, filters, ignored)
+                if rel is None:
                     continue
                 is_link = stat.S_ISLNK(info.external_attr >> 16)
                 yield ImageSource(
@@ -172,10 +183,8 @@ def _archive_sources(archive: Path, filters: Filters, ignored: Ignored | None) -
         for info in handle:
             if info.isdir():
                 continue
-            rel = safe_relpath(info.name)
-            if not rel or rel.split("/")[-1].startswith(".") or filters.reason_to_ignore(rel):
-                if ignored and rel:
-                    ignored(f"{archive.name}/{rel}", filters.reason_to_ignore(rel) or "hidden")
+            rel = _member_path(info.name, archive.name, filters, ignored)
+            if rel is None:
                 continue
             common = {"source": source, "path": rel, "archive": source, "member": info.name}
             if not info.isfile():
