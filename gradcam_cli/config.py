@@ -38,6 +38,8 @@ METHOD_NAMES: tuple[str, ...] = (
     "layercam",
     "eigencam",
     "eigengradcam",
+    "scorecam",
+    "ablationcam",
 )
 COLORMAP_NAMES: tuple[str, ...] = (
     "jet",
@@ -174,6 +176,9 @@ class CamConfig(_Strict):
         "top1", description="top1 | topk | a list of class names or indices"
     )
     top_k: int = Field(1, ge=1, le=100, description="how many predicted classes to explain with topk")
+    aug_smooth: bool = Field(False, description="average over flips x brightness (6 passes), as the reference")
+    eigen_smooth: bool = Field(False, description="first principal component of the weighted activations")
+    chunk_size: int = Field(64, ge=1, le=4096, description="rows per extra forward pass (scorecam, ablationcam)")
 
     @field_validator("method")
     @classmethod

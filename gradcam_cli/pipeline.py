@@ -223,6 +223,9 @@ def prepare(config: Config) -> Prepared:
         METHODS[config.cam.method],
         read_scores,
         precision=config.runtime.precision,
+        eigen_smooth=config.cam.eigen_smooth,
+        aug_smooth=config.cam.aug_smooth,
+        chunk=config.cam.chunk_size,
     )
     return Prepared(
         config=config,

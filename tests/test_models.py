@@ -198,4 +198,3 @@ def test_batchnorm_folding_is_undone_when_scores_change() -> None:
     assert isinstance(model.bn, torch.nn.BatchNorm2d) and torch.equal(model.conv.weight, weight)
     with torch.no_grad():
         assert torch.equal(model(images), before)
-

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam_cli.engine.methods import CamMethod
+from gradcam_cli.engine.methods import CamInputs, CamMethod, first_component
 from gradcam_cli.errors import ModelError
 
 NORM_EPS = 1e-7  # as the reference: (cam - min) / (max + 1e-7)
@@ -58,6 +58,10 @@ def default_to_spatial(activation: torch.Tensor) -> torch.Tensor:
     return activation
 
 
+def _channel_sum(weighted: torch.Tensor) -> torch.Tensor:
+    return weighted.sum(dim=1)
+
+
 def min_max(maps: torch.Tensor) -> torch.Tensor:
     """Per-map (last two dims) min-max to [0, 1]; an all-zero map stays zero."""
     low = maps.amin(dim=(-2, -1), keepdim=True)
@@ -93,6 +97,9 @@ class CamEngine:
         score_fn: Callable[[Any], torch.Tensor] | None = None,
         precision: str = "fp32",
         to_spatial: Callable[[torch.Tensor], torch.Tensor] = default_to_spatial,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
+        chunk: int = 64,
     ) -> None:
         self.model = model
         self.target_layers = list(target_layers)
@@ -100,6 +107,9 @@ class CamEngine:
         self.score_fn = score_fn or (lambda output: output)
         self.precision = precision
         self.to_spatial = to_spatial
+        self.eigen_smooth = eigen_smooth
+        self.aug_smooth = aug_smooth
+        self.chunk = chunk
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._activations: dict[int, torch.Tensor] = {}
 
@@ -153,20 +163,66 @@ class CamEngine:
         """CAMs for a batch of normalised images (B, 3, H, W) already on the model's device."""
         if not self._handles:
             raise RuntimeError("CamEngine.explain must run inside `with engine:`")
-        needs_gradients = self.method.needs_gradients
         try:
-            with torch.set_grad_enabled(needs_gradients), self._autocast(images.device.type):
-                logits = self.scores(self.model(images))
-            missing = [i for i in range(len(self.target_layers)) if i not in self._activations]
-            if missing:
-                raise ModelError("a target layer was not called during the forward pass; choose another layer")
-            activations = [self._activations[i] for i in range(len(self.target_layers))]
+            logits, activations = self._forward(images)
             probabilities = torch.softmax(logits.detach().float(), dim=1)
             classes = self._select(probabilities, targets)
-            maps = self._layer_maps(logits, activations, classes)  # per layer: (B, K, h, w)
+            maps = self._layer_maps(images, logits, activations, classes)
         finally:
             self._activations.clear()
-        return self._normalise(maps, probabilities, classes, tuple(images.shape[-2:]))
+        batch = self._normalise(maps, probabilities, classes, tuple(images.shape[-2:]))
+        if self.aug_smooth:
+            batch.cams = self._augmented(images, classes, batch.cams)
+        return batch
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.set_grad_enabled(self.method.needs_gradients), self._autocast(images.device.type):
+            logits = self.scores(self.model(images))
+        missing = [i for i in range(len(self.target_layers)) if i not in self._activations]
+        if missing:
+            raise ModelError("a target layer was not called during the forward pass; choose another layer")
+        return logits, [self._activations[i] for i in range(len(self.target_layers))]
+
+    def _augmented(self, images: torch.Tensor, classes: torch.Tensor, plain: torch.Tensor) -> torch.Tensor:
+        """aug_smooth: mean of the CAMs over horizontal flip x brightness {0.9, 1.0, 1.1}, each flipped back.
+
+        Every augmentation explains the classes chosen on the plain input (the reference re-picks
+        them per augmentation, so a flip could explain another class). No renormalisation after the mean.
+        """
+        total = plain.clone()
+        for flip in (False, True):
+            for factor in (0.9, 1.0, 1.1):
+                if not flip and factor == 1.0:
+                    continue  # the plain pass, already done
+                augmented = (images.flip(-1) if flip else images) * factor
+                try:
+                    logits, activations = self._forward(augmented)
+                    maps = self._layer_maps(augmented, logits, activations, classes)
+                finally:
+                    self._activations.clear()
+                cams = self._normalise(maps, logits.detach().float(), classes, tuple(images.shape[-2:])).cams
+                total += cams.flip(-1) if flip else cams
+        return total / 6
+
+    def _score_inputs(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Scores of `classes` for extra forward passes (score-CAM masks, ablations), no graph."""
+        with torch.no_grad(), self._autocast(inputs.device.type):
+            logits = self.scores(self.model(inputs))
+        return logits.float().gather(1, classes[:, None])[:, 0]
+
+    def _score_replaced(
+        self, layer: int, activations: torch.Tensor, inputs: torch.Tensor, classes: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores with the target layer's output replaced by `activations` (one row per input)."""
+        if self.to_spatial is not default_to_spatial:
+            raise ModelError("ablationcam needs a convolutional target layer (B, C, h, w)")
+        handle = self.target_layers[layer].register_forward_hook(
+            lambda module, args, output: activations.to(output.dtype)
+        )
+        try:
+            return self._score_inputs(inputs, classes)
+        finally:
+            handle.remove()
 
     @staticmethod
     def _select(probabilities: torch.Tensor, targets: TargetSpec) -> torch.Tensor:
@@ -177,22 +233,37 @@ class CamEngine:
         return probabilities.topk(k, dim=1).indices
 
     def _layer_maps(
-        self, logits: torch.Tensor, activations: list[torch.Tensor], classes: torch.Tensor
+        self, images: torch.Tensor, logits: torch.Tensor, activations: list[torch.Tensor], classes: torch.Tensor
     ) -> list[torch.Tensor]:
-        rule = self.method.rule
+        """Per target layer: the maps before ReLU, (B, K, h, w), one per explained class."""
+        method = self.method
         spatial = [self.to_spatial(a).float() for a in activations]
-        if not self.method.needs_gradients:
-            return [rule(a, None)[:, None].expand(-1, classes.shape[1], -1, -1) for a in spatial]
+        base_scores = logits.detach().float().gather(1, classes)
         per_target: list[list[torch.Tensor]] = [[] for _ in activations]
         count = classes.shape[1]
         for k in range(count):
-            # Images are independent, so one backward of the summed scores gives every image its gradient.
-            score = logits.gather(1, classes[:, k : k + 1]).sum()
-            gradients = torch.autograd.grad(score, activations, retain_graph=k < count - 1, allow_unused=True)
-            for layer, (activation, gradient) in enumerate(zip(spatial, gradients, strict=True)):
-                if gradient is None:
+            gradients: list[torch.Tensor | None] = [None] * len(activations)
+            if method.needs_gradients:
+                # Images are independent, so one backward of the summed scores gives every image its gradient.
+                score = logits.gather(1, classes[:, k : k + 1]).sum()
+                found = torch.autograd.grad(score, activations, retain_graph=k < count - 1, allow_unused=True)
+                if any(g is None for g in found):
                     raise ModelError("the class scores do not depend on the target layer; choose an earlier layer")
-                per_target[layer].append(rule(activation, self.to_spatial(gradient).float()))
+                gradients = [self.to_spatial(g).float() for g in found]
+            for layer, (activation, gradient) in enumerate(zip(spatial, gradients, strict=True)):
+                inputs = CamInputs(
+                    activations=activation,
+                    gradients=gradient,
+                    images=images,
+                    classes=classes[:, k],
+                    base_scores=base_scores[:, k],
+                    score_inputs=self._score_inputs,
+                    score_replaced=lambda acts, rows, cls, layer=layer: self._score_replaced(layer, acts, rows, cls),
+                    chunk=self.chunk,
+                )
+                weighted = method.rule(inputs)
+                reduce = first_component if (method.projection or self.eigen_smooth) else _channel_sum
+                per_target[layer].append(reduce(weighted))
         return [torch.stack(maps, dim=1) for maps in per_target]
 
     @staticmethod

@@ -1,7 +1,9 @@
-"""CAM methods: each is its weighting rule over activations A and gradients G, shaped (B, C, h, w).
+"""CAM methods: each is its weighting rule, returning weighted activations (B, C, h, w).
 
-A rule returns the map before the final ReLU, shaped (B, h, w); the engine does ReLU, resizing and
-normalisation for all of them. Formulas follow pytorch-grad-cam (see README "Methods").
+The engine turns them into a map, by a sum over channels or (eigen methods, `cam.eigen_smooth`) by the
+first principal component, then does ReLU, resizing and normalisation for all. Formulas follow
+pytorch-grad-cam 1.5.7 (README "Methods"). Methods that need extra forward passes (scorecam,
+ablationcam) get them, batched and chunked, from the engine through `CamInputs`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-Rule = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+@dataclass
+class CamInputs:
+    """What a rule may use for one target layer and one explained class per image."""
+
+    activations: torch.Tensor  # (B, C, h, w) float32
+    gradients: torch.Tensor | None  # (B, C, h, w) float32, for gradient methods
+    images: torch.Tensor  # (B, 3, H, W) the model input
+    classes: torch.Tensor  # (B,) the explained class of each image
+    base_scores: torch.Tensor  # (B,) the explained class's score on the unmodified input
+    score_inputs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, classes) -> scores
+    score_replaced: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (acts, inputs, classes)
+    chunk: int  # rows per extra forward pass
+
+
+Rule = Callable[[CamInputs], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -19,14 +37,16 @@ class CamMethod:
     name: str
     rule: Rule
     needs_gradients: bool = True
+    projection: bool = False  # reduce by the first principal component instead of a channel sum
+    passes: str = "1 forward + partial backward"
 
 
 METHODS: dict[str, CamMethod] = {}
 
 
-def register(name: str, needs_gradients: bool = True) -> Callable[[Rule], Rule]:
+def register(name: str, **options: object) -> Callable[[Rule], Rule]:
     def add(rule: Rule) -> Rule:
-        METHODS[name] = CamMethod(name, rule, needs_gradients)
+        METHODS[name] = CamMethod(name, rule, **options)  # type: ignore[arg-type]
         return rule
 
     return add
@@ -52,46 +72,88 @@ def first_component(x: torch.Tensor) -> torch.Tensor:
 
 
 @register("gradcam")
-def gradcam(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    weights = g.mean(dim=(2, 3), keepdim=True)
-    return (weights * a).sum(dim=1)
+def gradcam(x: CamInputs) -> torch.Tensor:
+    return x.gradients.mean(dim=(2, 3), keepdim=True) * x.activations
 
 
 @register("gradcam++")
-def gradcam_plus_plus(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+def gradcam_plus_plus(x: CamInputs) -> torch.Tensor:
+    a, g = x.activations, x.gradients
     g2 = g.pow(2)
     alpha = g2 / (2 * g2 + _spatial_sum(a) * g2 * g + 1e-6)
     alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-    weights = _spatial_sum(g.clamp(min=0) * alpha)
-    return (weights * a).sum(dim=1)
+    return _spatial_sum(g.clamp(min=0) * alpha) * a
 
 
 @register("xgradcam")
-def xgradcam(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    weights = _spatial_sum(g * a) / (_spatial_sum(a) + 1e-7)
-    return (weights * a).sum(dim=1)
+def xgradcam(x: CamInputs) -> torch.Tensor:
+    a, g = x.activations, x.gradients
+    return _spatial_sum(g * a) / (_spatial_sum(a) + 1e-7) * a
 
 
 @register("hirescam")
-def hirescam(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    return (g * a).sum(dim=1)
+def hirescam(x: CamInputs) -> torch.Tensor:
+    return x.gradients * x.activations
 
 
 @register("gradcam-elementwise")
-def gradcam_elementwise(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    return (g * a).clamp(min=0).sum(dim=1)
+def gradcam_elementwise(x: CamInputs) -> torch.Tensor:
+    return (x.gradients * x.activations).clamp(min=0)
 
 
 @register("layercam")
-def layercam(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    return (g.clamp(min=0) * a).sum(dim=1)
+def layercam(x: CamInputs) -> torch.Tensor:
+    return x.gradients.clamp(min=0) * x.activations
 
 
-@register("eigencam", needs_gradients=False)
-def eigencam(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    return first_component(a)
+@register("eigencam", needs_gradients=False, projection=True, passes="1 forward")
+def eigencam(x: CamInputs) -> torch.Tensor:
+    return x.activations
 
 
-@register("eigengradcam")
-def eigengradcam(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    return first_component(g * a)
+@register("eigengradcam", projection=True)
+def eigengradcam(x: CamInputs) -> torch.Tensor:
+    return x.gradients * x.activations
+
+
+@register("scorecam", needs_gradients=False, passes="1 + C forwards per image (C channels)")
+def scorecam(x: CamInputs) -> torch.Tensor:
+    """Weights: softmax over channels of the score of the input masked by each (min-maxed) channel."""
+    a = x.activations
+    b, c = a.shape[:2]
+    weights = torch.empty(b, c, device=a.device)
+    for i in range(b):
+        masks = F.interpolate(
+            a[i : i + 1].transpose(0, 1), size=x.images.shape[-2:], mode="bilinear", align_corners=True
+        )
+        low = masks.amin(dim=(2, 3), keepdim=True)
+        masks = (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low + 1e-8)  # (C, 1, H, W)
+        scores = [
+            x.score_inputs(
+                x.images[i : i + 1] * masks[start : start + x.chunk],
+                x.classes[i].expand(len(masks[start : start + x.chunk])),
+            )
+            for start in range(0, c, x.chunk)
+        ]
+        weights[i] = torch.softmax(torch.cat(scores).float(), dim=0)
+    return weights[:, :, None, None] * a
+
+
+@register("ablationcam", needs_gradients=False, passes="1 + C forwards per image (C channels)")
+def ablationcam(x: CamInputs) -> torch.Tensor:
+    """Weights: relative drop of the score when each channel of the activation is zeroed."""
+    a = x.activations
+    b, c = a.shape[:2]
+    weights = torch.empty(b, c, device=a.device)
+    for i in range(b):
+        drops = []
+        for start in range(0, c, x.chunk):
+            channels = torch.arange(start, min(start + x.chunk, c), device=a.device)
+            ablated = a[i].expand(len(channels), -1, -1, -1).clone()
+            ablated[torch.arange(len(channels)), channels] = 0
+            rows = x.images[i : i + 1].expand(len(channels), -1, -1, -1)
+            drops.append(x.score_replaced(ablated, rows, x.classes[i].expand(len(channels))).float())
+        base = x.base_scores[i].float()
+        safe = torch.where(base.abs() < 1e-6, torch.full_like(base, 1e-6).copysign(base), base)  # s0 ~ 0
+        weights[i] = (base - torch.cat(drops)) / safe
+    return weights[:, :, None, None] * a
