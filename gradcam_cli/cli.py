@@ -179,14 +179,15 @@ def layers(config: ConfigOption) -> None:
         infos, _ = trace_layers(loaded.module, torch.zeros(1, 3, height, width))
     except GradcamError as error:
         raise _fail(error) from None
-    usable = [info.name for info in infos if info.spatial]
-    auto = usable[-1] if usable else None
-    width_name = max((len(info.name) for info in infos), default=4)
-    typer.echo(f"{'layer':<{width_name}}  {'type':<24} {'output shape':<22} target")
+    from gradcam_cli.models import auto_layer
+
+    auto = auto_layer(infos)
+    width_name = max((len(info.name) for info in infos), default=5)
+    typer.echo(f"{'layer':<{width_name}}  {'type':<24} {'output shape':<20} {'target':<6} layout")
     for info in infos:
         mark = "auto" if info.name == auto else ("yes" if info.spatial else "")
         shape = "x".join(str(d) for d in info.shape) if info.shape else "-"
-        typer.echo(f"{info.name:<{width_name}}  {info.kind:<24} {shape:<22} {mark}")
+        typer.echo(f"{info.name:<{width_name}}  {info.kind:<24} {shape:<20} {mark:<6} {info.layout or ''}".rstrip())
 
 
 def main() -> None:

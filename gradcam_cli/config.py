@@ -85,6 +85,13 @@ class ModelConfig(_Strict):
     target_layer: str | list[str] = Field("auto", description="dotted module path(s) or auto")
     output: int | str | None = Field(None, description="how to get scores from the model's return value")
     num_classes: int | None = Field(None, ge=1, description="expected number of classes (checked)")
+    activation_layout: Literal["auto", "nchw", "nhwc", "tokens"] = Field(
+        "auto", description="target layer output layout; auto: NCHW maps, NHWC maps (Swin), ViT tokens"
+    )
+    token_grid: tuple[int, int] | None = Field(
+        None, description="tokens layout: patch grid [h, w] (default: from input)"
+    )
+    skip_tokens: int | None = Field(None, ge=0, description="tokens layout: leading non-patch tokens to drop")
 
     @field_validator("pickled", mode="after")
     @classmethod

@@ -23,6 +23,7 @@ from torch import nn
 
 from gradcam_cli.config import ModelConfig, looks_like_path
 from gradcam_cli.engine.base import describe_output
+from gradcam_cli.engine.layouts import describe_layout
 from gradcam_cli.errors import ConfigError, ModelError
 
 
@@ -281,20 +282,26 @@ class LayerInfo:
     name: str
     kind: str
     shape: tuple[int, ...] | None
-    spatial: bool  # a (B, C, h, w) map with h, w > 1: usable as a target layer
+    layout: str | None  # how it becomes a (B, C, h, w) map (nchw, nhwc, tokens ...); None: not usable
+
+    @property
+    def spatial(self) -> bool:
+        """Usable as a target layer: a feature map, NHWC map or token grid with more than one position."""
+        return self.layout is not None
 
 
 def trace_layers(module: nn.Module, example: torch.Tensor) -> tuple[list[LayerInfo], Any]:
     """One dry forward pass recording every named module's output shape, in call order (last call wins)."""
     order: dict[str, LayerInfo] = {}
     handles = []
+    input_size = (int(example.shape[-2]), int(example.shape[-1]))
 
     def record(name: str) -> Callable[..., None]:
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
             shape = tuple(output.shape) if torch.is_tensor(output) else None
-            spatial = bool(shape and len(shape) == 4 and shape[2] > 1 and shape[3] > 1)
+            found = describe_layout(shape, input_size)
             order.pop(name, None)
-            order[name] = LayerInfo(name, type(mod).__name__, shape, spatial)
+            order[name] = LayerInfo(name, type(mod).__name__, shape, found[0] if found else None)
 
         return hook
 
@@ -317,18 +324,32 @@ def trace_layers(module: nn.Module, example: torch.Tensor) -> tuple[list[LayerIn
     return list(order.values()), output
 
 
+def auto_layer(layers: list[LayerInfo]) -> str | None:
+    """The last usable layer in forward order. For token models, the last block's pre-attention norm
+    (`ln_1`/`norm1`): after the final norm only the class token carries gradient, so maps would be empty."""
+    usable = [info for info in layers if info.spatial]
+    if not usable:
+        return None
+    last = usable[-1]
+    if last.layout and last.layout.startswith("tokens"):
+        pre_attention = [info for info in usable if info.name.rsplit(".", 1)[-1] in ("ln_1", "norm1")]
+        if pre_attention:
+            return pre_attention[-1].name
+    return last.name
+
+
 def resolve_target_layers(module: nn.Module, names: list[str], layers: list[LayerInfo]) -> list[tuple[str, nn.Module]]:
     """Target layers by dotted name, or `auto`: the last module whose output is a spatial feature map."""
     candidates = [info.name for info in layers if info.spatial]
     resolved = []
     for name in names:
         if name == "auto":
-            if not candidates:
+            name = auto_layer(layers) or ""
+            if not name:
                 raise ConfigError(
                     "model.target_layer: auto found no module with a spatial (batch, channels, h, w) output; "
                     "set model.target_layer to a dotted module name (see `gradcam layers`)."
                 )
-            name = candidates[-1]
         try:
             resolved.append((name, module.get_submodule(name)))
         except AttributeError:

@@ -25,6 +25,7 @@ import torch
 from gradcam_cli import __version__
 from gradcam_cli.config import Config
 from gradcam_cli.engine import METHODS, CamBatch, CamEngine, TargetSpec
+from gradcam_cli.engine.layouts import describe_layout
 from gradcam_cli.errors import EXIT_IMAGES_FAILED, EXIT_OK, ConfigError, OutputError
 from gradcam_cli.events import EventLog
 from gradcam_cli.io.discovery import ImageSource, check_inputs, discover
@@ -201,15 +202,24 @@ def prepare(config: Config) -> Prepared:
         )
     named_layers = resolve_target_layers(loaded.module, config.model.target_layers, layers)
     shapes = {info.name: info.shape for info in layers}
+    adapters = []
     for name, _ in named_layers:
-        shape = shapes.get(name)
-        if shape is None or len(shape) != 4:
+        found = describe_layout(
+            shapes.get(name),
+            (height, width),
+            config.model.activation_layout,
+            config.model.token_grid,
+            config.model.skip_tokens,
+        )
+        if found is None:
             usable = [info.name for info in layers if info.spatial][-8:]
+            shape = shapes.get(name)
             raise ConfigError(
                 f"model.target_layer: {name!r} outputs {'shape ' + str(shape) if shape else 'no tensor'}, not a "
-                f"(batch, channels, height, width) feature map; choose a convolutional layer such as "
-                f"{', '.join(usable)} (see `gradcam layers`)."
+                f"feature map (batch, channels, height, width), an NHWC map or a token grid; choose a layer such "
+                f"as {', '.join(usable)} (see `gradcam layers`), or set model.activation_layout/token_grid."
             )
+        adapters.append(found[1])
     if config.runtime.fuse_batchnorm:
         fuse_conv_batchnorm(
             loaded.module, torch.randn(2, 3, height, width), [layer for _, layer in named_layers], read_scores
@@ -223,6 +233,7 @@ def prepare(config: Config) -> Prepared:
         METHODS[config.cam.method],
         read_scores,
         precision=config.runtime.precision,
+        to_spatial=adapters,
         eigen_smooth=config.cam.eigen_smooth,
         aug_smooth=config.cam.aug_smooth,
         chunk=config.cam.chunk_size,

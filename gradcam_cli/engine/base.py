@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradcam_cli.engine.layouts import identity
 from gradcam_cli.engine.methods import CamInputs, CamMethod, first_component
 from gradcam_cli.errors import ModelError
 
@@ -96,7 +97,9 @@ class CamEngine:
         method: CamMethod,
         score_fn: Callable[[Any], torch.Tensor] | None = None,
         precision: str = "fp32",
-        to_spatial: Callable[[torch.Tensor], torch.Tensor] = default_to_spatial,
+        to_spatial: Callable[[torch.Tensor], torch.Tensor] | Sequence[Callable[[torch.Tensor], torch.Tensor]] = (
+            default_to_spatial
+        ),
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
         chunk: int = 64,
@@ -106,7 +109,8 @@ class CamEngine:
         self.method = method
         self.score_fn = score_fn or (lambda output: output)
         self.precision = precision
-        self.to_spatial = to_spatial
+        # One adapter per target layer: activation layout -> (B, C, h, w) (engine/layouts.py).
+        self.adapters = list(to_spatial) if isinstance(to_spatial, Sequence) else [to_spatial] * len(target_layers)
         self.eigen_smooth = eigen_smooth
         self.aug_smooth = aug_smooth
         self.chunk = chunk
@@ -214,8 +218,8 @@ class CamEngine:
         self, layer: int, activations: torch.Tensor, inputs: torch.Tensor, classes: torch.Tensor
     ) -> torch.Tensor:
         """Scores with the target layer's output replaced by `activations` (one row per input)."""
-        if self.to_spatial is not default_to_spatial:
-            raise ModelError("ablationcam needs a convolutional target layer (B, C, h, w)")
+        if self.adapters[layer] not in (default_to_spatial, identity):
+            raise ModelError("ablationcam needs a target layer with a (B, C, h, w) output, not tokens or NHWC")
         handle = self.target_layers[layer].register_forward_hook(
             lambda module, args, output: activations.to(output.dtype)
         )
@@ -237,7 +241,7 @@ class CamEngine:
     ) -> list[torch.Tensor]:
         """Per target layer: the maps before ReLU, (B, K, h, w), one per explained class."""
         method = self.method
-        spatial = [self.to_spatial(a).float() for a in activations]
+        spatial = [adapt(a).float() for adapt, a in zip(self.adapters, activations, strict=True)]
         base_scores = logits.detach().float().gather(1, classes)
         per_target: list[list[torch.Tensor]] = [[] for _ in activations]
         count = classes.shape[1]
@@ -249,7 +253,7 @@ class CamEngine:
                 found = torch.autograd.grad(score, activations, retain_graph=k < count - 1, allow_unused=True)
                 if any(g is None for g in found):
                     raise ModelError("the class scores do not depend on the target layer; choose an earlier layer")
-                gradients = [self.to_spatial(g).float() for g in found]
+                gradients = [adapt(g).float() for adapt, g in zip(self.adapters, found, strict=True)]
             for layer, (activation, gradient) in enumerate(zip(spatial, gradients, strict=True)):
                 inputs = CamInputs(
                     activations=activation,

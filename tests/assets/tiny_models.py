@@ -83,3 +83,13 @@ class SlowCNN(TinyCNN):
 def build_slow(num_classes: int = 3) -> nn.Module:
     torch.manual_seed(0)
     return SlowCNN(num_classes)
+
+
+def build_tiny_vit(num_classes: int = 3) -> nn.Module:
+    """A two-layer ViT (64x64 input, 16x16 patches: a 4x4 token grid plus the class token)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(
+        image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=num_classes
+    )
