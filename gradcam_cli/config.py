@@ -76,6 +76,7 @@ class ModelConfig(_Strict):
     """Which network to explain and where its weights, labels and target layer come from."""
 
     torchvision: str | None = Field(None, description="torchvision model name, e.g. resnet50")
+    timm: str | None = Field(None, description="timm model name, e.g. convnext_tiny (extra: gradcam-cli[timm])")
     factory: str | None = Field(None, description='"pkg.module:fn" or "path/to/file.py:fn" returning a module')
     pickled: Path | None = Field(None, description="a fully pickled nn.Module (needs allow_pickle: true)")
     allow_pickle: bool = Field(False, description="opt in to unpickling checkpoints (runs code in the file)")
@@ -133,10 +134,10 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelConfig:
-        sources = [name for name in ("torchvision", "factory", "pickled") if getattr(self, name) is not None]
+        sources = [name for name in ("torchvision", "timm", "factory", "pickled") if getattr(self, name) is not None]
         if len(sources) != 1:
             raise ValueError(
-                "model needs exactly one of torchvision, factory or pickled"
+                "model needs exactly one of torchvision, timm, factory or pickled"
                 + (f" (got {', '.join(sources)})" if sources else "")
             )
         if self.pickled is not None and not self.allow_pickle:
@@ -322,7 +323,7 @@ def parse_config(data: Any, base_dir: Path, source: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with a 'model' section.")
     try:
-        return Config.model_validate(data, context={"base_dir": base_dir})
+        config = Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         seen: list[str] = []
         for error in exc.errors():
@@ -330,6 +331,33 @@ def parse_config(data: Any, base_dir: Path, source: str = "config") -> Config:
             if text not in seen:
                 seen.append(text)
         raise ConfigError(f"{source}: " + "; ".join(seen[:5]) + ".") from None
+    return with_timm_defaults(config) if config.model.timm else config
+
+
+def with_timm_defaults(config: Config) -> Config:
+    """timm models bring their preprocessing (size, mean, std); keys set in the config win."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(
+            "model.timm needs the optional timm extra: pip install 'gradcam-cli[timm]' (or pip install timm)."
+        ) from None
+    try:
+        pretrained = timm.get_pretrained_cfg(config.model.timm)
+    except Exception:  # timm raises several types for unknown names
+        pretrained = None
+    if pretrained is None:
+        close = difflib.get_close_matches(config.model.timm, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ConfigError(f"model.timm: unknown timm model {config.model.timm!r}{hint}.")
+    chosen = config.preprocess.model_fields_set
+    defaults = {
+        "size": tuple(pretrained.input_size[-2:]),
+        "mean": tuple(pretrained.mean),
+        "std": tuple(pretrained.std),
+    }
+    update = {key: value for key, value in defaults.items() if key not in chosen}
+    return config.model_copy(update={"preprocess": config.preprocess.model_copy(update=update)})
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -119,6 +119,8 @@ def _build(config: ModelConfig) -> tuple[nn.Module, Any]:
         except TypeError as exc:
             raise ConfigError(f"model.kwargs for {config.torchvision}: {exc}.") from None
         return module, enum_weights
+    if config.timm is not None:
+        return _build_timm(config), None
     factory = _import_factory(config.factory or "")
     try:
         module = factory(**config.kwargs)
@@ -127,6 +129,24 @@ def _build(config: ModelConfig) -> tuple[nn.Module, Any]:
     if not isinstance(module, nn.Module):
         raise ConfigError(f"model.factory {config.factory} returned {type(module).__name__}, not a torch module.")
     return module, None
+
+
+def _build_timm(config: ModelConfig) -> nn.Module:
+    """A timm model (architecture only; weights come from model.weights or timm's pretrained download)."""
+    import timm  # the config loader has checked it is installed
+
+    pretrained = config.weights in ("pretrained", "DEFAULT")
+    try:
+        return timm.create_model(config.timm, pretrained=pretrained, **config.kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model.kwargs for timm model {config.timm}: {exc}.") from None
+    except Exception as exc:  # network and hub errors come in many types
+        if not pretrained:
+            raise
+        raise ModelError(
+            f"cannot load timm's pretrained weights for {config.timm} ({type(exc).__name__}: {exc}). Offline, "
+            "save a state_dict on a machine that has them and set model.weights to its path."
+        ) from None
 
 
 def _load_pickled(path: Path) -> nn.Module:
@@ -226,6 +246,8 @@ def load_model(config: ModelConfig) -> LoadedModel:
         "source": (
             f"torchvision:{config.torchvision}"
             if config.torchvision
+            else f"timm:{config.timm}"
+            if config.timm
             else f"factory:{config.factory}"
             if config.factory
             else f"pickled:{config.pickled}"
@@ -241,6 +263,8 @@ def load_model(config: ModelConfig) -> LoadedModel:
         path = Path(config.weights)
         load_state(module, read_checkpoint(path, config.allow_pickle), str(path))
         description["checkpoint_sha256"] = file_sha256(path)
+    elif config.weights is not None and config.timm is not None:
+        pass  # "pretrained"/"DEFAULT": loaded by timm itself in _build_timm
     elif config.weights is not None and config.torchvision is None:
         raise ConfigError(
             f"model.weights: {config.weights!r} is not a file path; weights names only exist for torchvision "
