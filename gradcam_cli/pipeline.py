@@ -501,6 +501,7 @@ def _stream(
             progress.update(len(written))
             progress.set_postfix(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, refresh=False)
 
+    prepared.engine.show_progress = not options.quiet
     try:
         with _StopSignals() as stop, prepared.engine:
             stages = summary.stage_seconds

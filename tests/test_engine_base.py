@@ -120,3 +120,21 @@ def test_bf16_autocast_on_cpu_agrees_with_fp32() -> None:
     for i in range(2):
         a, b = results["fp32"][i].flatten(), results["bf16"][i].flatten()
         assert torch.corrcoef(torch.stack([a, b]))[0, 1] >= 0.99
+
+
+def test_slow_methods_show_progress_and_respect_the_chunk(capsys: pytest.CaptureFixture[str]) -> None:
+    model = _model()
+    rows = []
+    original = CamEngine._score_inputs
+
+    def counting(self, inputs, classes):
+        rows.append(len(inputs))
+        return original(self, inputs, classes)
+
+    engine = CamEngine(model, [model.features[3]], METHODS["scorecam"], chunk=5)
+    engine.show_progress = True
+    engine._score_inputs = counting.__get__(engine)  # type: ignore[method-assign]
+    with engine:
+        engine.explain(torch.randn(1, 3, 32, 32), TargetSpec())
+    assert max(rows) <= 5 and sum(rows) == 16  # 16 channels, at most 5 rows per extra pass
+    assert "scorecam image 1/1" in capsys.readouterr().err

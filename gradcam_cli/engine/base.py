@@ -9,7 +9,8 @@ op right after the target layer (ReLU(inplace=True)) cannot change the activatio
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -114,6 +115,7 @@ class CamEngine:
         self.eigen_smooth = eigen_smooth
         self.aug_smooth = aug_smooth
         self.chunk = chunk
+        self.show_progress = False  # a progress bar for methods with many extra passes
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._activations: dict[int, torch.Tensor] = {}
 
@@ -208,6 +210,13 @@ class CamEngine:
                 total += cams.flip(-1) if flip else cams
         return total / 6
 
+    def _track(self, steps: Iterable[int], label: str) -> Iterable[int]:
+        if not self.show_progress:
+            return steps
+        from tqdm import tqdm
+
+        return tqdm(steps, desc=label, leave=False, file=sys.stderr, unit="pass")
+
     def _score_inputs(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Scores of `classes` for extra forward passes (score-CAM masks, ablations), no graph."""
         with torch.no_grad(), self._autocast(inputs.device.type):
@@ -264,6 +273,7 @@ class CamEngine:
                     score_inputs=self._score_inputs,
                     score_replaced=lambda acts, rows, cls, layer=layer: self._score_replaced(layer, acts, rows, cls),
                     chunk=self.chunk,
+                    track=self._track,
                 )
                 weighted = method.rule(inputs)
                 reduce = first_component if (method.projection or self.eigen_smooth) else _channel_sum

@@ -8,7 +8,7 @@ ablationcam) get them, batched and chunked, from the engine through `CamInputs`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +27,7 @@ class CamInputs:
     score_inputs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, classes) -> scores
     score_replaced: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (acts, inputs, classes)
     chunk: int  # rows per extra forward pass
+    track: Callable[[Iterable[int], str], Iterable[int]] = lambda steps, label: steps  # progress for slow work
 
 
 Rule = Callable[[CamInputs], torch.Tensor]
@@ -133,7 +134,7 @@ def scorecam(x: CamInputs) -> torch.Tensor:
                 x.images[i : i + 1] * masks[start : start + x.chunk],
                 x.classes[i].expand(len(masks[start : start + x.chunk])),
             )
-            for start in range(0, c, x.chunk)
+            for start in x.track(range(0, c, x.chunk), f"scorecam image {i + 1}/{b}")
         ]
         weights[i] = torch.softmax(torch.cat(scores).float(), dim=0)
     return weights[:, :, None, None] * a
@@ -147,7 +148,7 @@ def ablationcam(x: CamInputs) -> torch.Tensor:
     weights = torch.empty(b, c, device=a.device)
     for i in range(b):
         drops = []
-        for start in range(0, c, x.chunk):
+        for start in x.track(range(0, c, x.chunk), f"ablationcam image {i + 1}/{b}"):
             channels = torch.arange(start, min(start + x.chunk, c), device=a.device)
             ablated = a[i].expand(len(channels), -1, -1, -1).clone()
             ablated[torch.arange(len(channels)), channels] = 0
