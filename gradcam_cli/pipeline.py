@@ -442,10 +442,9 @@ def run(config: Config, options: RunOptions) -> RunSummary:
         if not out_dir.is_dir():
             _prepare_output(out_dir)
             stack.enter_context(lock)
-        _prepare_output(out_dir)
         if options.overwrite:
             clear_results(out_dir)
-            _prepare_output(out_dir)
+        _prepare_output(out_dir)
         records_path = out_dir / RECORDS_NAME
         repair_records(records_path)
         write_run_info(out_dir, config.config_hash(), config.model_dump(mode="json"))
@@ -461,8 +460,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
         summary = _stream(prepared, inputs, out_dir, done, options, events)
         summary.manifest = write_manifest(out_dir, _manifest_header(prepared, summary), skipped=summary.skipped)
         events.emit("run_finished", summary=summary.as_dict())
-        return summary
-    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+    return summary
 
 
 def _stream(

@@ -14,7 +14,7 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gradcam_cli.errors import EXIT_LOCKED, GradcamError
+from gradcam_cli.errors import EXIT_LOCKED, GradcamError, OutputError
 
 LOCK_NAME = ".gradcam.lock"
 
@@ -32,7 +32,10 @@ class OutputLock:
         self.took_over: dict | None = None  # the previous holder's info when its lock was stale
 
     def __enter__(self) -> OutputLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {self.path}: {exc.strerror or exc}.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
