@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
-from gradcam_cli.config import load_config
+from gradcam_cli.config import METHOD_NAMES, load_config
 from gradcam_cli.demo.shapes import CLASSES, generate_sample
 from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
 from gradcam_cli.models import load_model
@@ -69,21 +69,7 @@ def test_pointing_game(mode: str, held_out, tmp_path: Path) -> None:
     assert correct / len(boxes) >= 0.9, f"{mode}: accuracy {correct}/{len(boxes)}"
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        "gradcam",
-        "gradcam++",
-        "xgradcam",
-        "hirescam",
-        "gradcam-elementwise",
-        "layercam",
-        "eigencam",
-        "eigengradcam",
-        "scorecam",
-        "ablationcam",
-    ],
-)
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_trained_demo_model_agrees_with_reference(method: str) -> None:
     """Agreement on a trained small CNN (the demo model), for every method."""
     from tests.test_engine_methods import REFERENCE_CLASSES, ZeroingAblationLayer, pearson

@@ -117,44 +117,45 @@ def eigengradcam(x: CamInputs) -> torch.Tensor:
     return x.gradients * x.activations
 
 
+def _channel_passes(x: CamInputs, label: str, score_chunk: Callable[[int, slice], torch.Tensor]) -> torch.Tensor:
+    """(B, C) scores of one extra forward pass per image and channel, `x.chunk` channels at a time."""
+    b, c = x.activations.shape[:2]
+    scores = torch.empty(b, c, device=x.activations.device)
+    for i in range(b):
+        steps = x.track(range(0, c, x.chunk), f"{label} image {i + 1}/{b}")
+        scores[i] = torch.cat([score_chunk(i, slice(s, min(s + x.chunk, c))).float() for s in steps])
+    return scores
+
+
 @register("scorecam", needs_gradients=False, passes="1 + C forwards per image (C channels)")
 def scorecam(x: CamInputs) -> torch.Tensor:
     """Weights: softmax over channels of the score of the input masked by each (min-maxed) channel."""
-    a = x.activations
-    b, c = a.shape[:2]
-    weights = torch.empty(b, c, device=a.device)
-    for i in range(b):
+
+    def masked_scores(i: int, channels: slice) -> torch.Tensor:
         masks = F.interpolate(
-            a[i : i + 1].transpose(0, 1), size=x.images.shape[-2:], mode="bilinear", align_corners=True
+            x.activations[i, channels, None], size=x.images.shape[-2:], mode="bilinear", align_corners=True
         )
         low = masks.amin(dim=(2, 3), keepdim=True)
-        masks = (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low + 1e-8)  # (C, 1, H, W)
-        scores = [
-            x.score_inputs(
-                x.images[i : i + 1] * masks[start : start + x.chunk],
-                x.classes[i].expand(len(masks[start : start + x.chunk])),
-            )
-            for start in x.track(range(0, c, x.chunk), f"scorecam image {i + 1}/{b}")
-        ]
-        weights[i] = torch.softmax(torch.cat(scores).float(), dim=0)
-    return weights[:, :, None, None] * a
+        masks = (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low + 1e-8)  # (n, 1, H, W)
+        return x.score_inputs(x.images[i : i + 1] * masks, x.classes[i].expand(len(masks)))
+
+    weights = torch.softmax(_channel_passes(x, "scorecam", masked_scores), dim=1)
+    return weights[:, :, None, None] * x.activations
 
 
 @register("ablationcam", needs_gradients=False, passes="1 + C forwards per image (C channels)")
 def ablationcam(x: CamInputs) -> torch.Tensor:
     """Weights: relative drop of the score when each channel of the activation is zeroed."""
     a = x.activations
-    b, c = a.shape[:2]
-    weights = torch.empty(b, c, device=a.device)
-    for i in range(b):
-        drops = []
-        for start in x.track(range(0, c, x.chunk), f"ablationcam image {i + 1}/{b}"):
-            channels = torch.arange(start, min(start + x.chunk, c), device=a.device)
-            ablated = a[i].expand(len(channels), -1, -1, -1).clone()
-            ablated[torch.arange(len(channels)), channels] = 0
-            rows = x.images[i : i + 1].expand(len(channels), -1, -1, -1)
-            drops.append(x.score_replaced(ablated, rows, x.classes[i].expand(len(channels))).float())
-        base = x.base_scores[i].float()
-        safe = torch.where(base.abs() < 1e-6, torch.full_like(base, 1e-6).copysign(base), base)  # s0 ~ 0
-        weights[i] = (base - torch.cat(drops)) / safe
-    return weights[:, :, None, None] * a
+
+    def ablated_scores(i: int, channels: slice) -> torch.Tensor:
+        count = channels.stop - channels.start
+        ablated = a[i].expand(count, -1, -1, -1).clone()
+        ablated[torch.arange(count), torch.arange(channels.start, channels.stop)] = 0
+        rows = x.images[i : i + 1].expand(count, -1, -1, -1)
+        return x.score_replaced(ablated, rows, x.classes[i].expand(count))
+
+    scores = _channel_passes(x, "ablationcam", ablated_scores)
+    base = x.base_scores.float()[:, None]
+    safe = torch.where(base.abs() < 1e-6, torch.full_like(base, 1e-6).copysign(base), base)  # s0 ~ 0
+    return ((base - scores) / safe)[:, :, None, None] * a
