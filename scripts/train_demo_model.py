@@ -1,22 +1,23 @@
 """Train the demo CNN (gradcam_cli.demo.model) on procedurally generated shapes.
 
 Reproducible: the data depend only on --seed (sample i of a seed is a pure function of (seed, i)),
-torch is seeded and runs with a fixed thread count and deterministic algorithms. With the defaults it
-takes about five minutes on two dedicated CPU cores (280 s measured: 64 s generating images, 207 s
-training, the rest evaluating).
+torch is seeded and runs with a fixed thread count and deterministic algorithms, so the same machine
+and library versions write a byte-identical weights file. Wall time with the defaults on two CPU cores:
+under 5 minutes on two dedicated server cores, about 9 minutes on a slow 2-vCPU VM (AVX2 only).
 
 What it does:
 
-1. generates images of varied sizes and aspect ratios and resizes each to 128x128 with all three
-   resize modes of the CLI (stretch, letterbox, center_crop), so that the model is trained on the
-   geometries it will be explained under;
+1. generates images of varied sizes and aspect ratios and turns each into model inputs with all
+   three resize modes of the CLI (stretch, letterbox, center_crop; gradcam_cli.io.geometry), so the
+   model is trained on the geometries it will be explained under;
 2. trains in three phases of one learning-rate schedule, because a small CNN on cluttered images
    otherwise sits at chance level for a thousand steps before it finds the objects: shapes on clean
-   backgrounds at 64x64, then cluttered images at 64x64 (four times cheaper than 128x128), then
-   cluttered images at the full 128x128; every batch draws a random resize mode, flip and
+   backgrounds at 64x64, then cluttered images at 64x64 (about four times cheaper than 128x128),
+   then cluttered images at the full 128x128; every batch draws a random resize mode, flip and
    90-degree rotation per sample (all label-preserving);
-3. measures accuracy on freshly generated held-out images (a different seed) for every resize mode,
-   plus a Grad-CAM "pointing game" on the last conv block (is the CAM's peak on the object?);
+3. measures accuracy on freshly generated, full-size held-out images (a different seed) for every
+   resize mode, plus a Grad-CAM "pointing game" on the last conv block (is the CAM's peak, mapped
+   back onto the original image, on the object?);
 4. writes the weights (safetensors) and labels.txt next to them, and exits 1 if the held-out
    accuracy of any resize mode is below 95%.
 
@@ -42,8 +43,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from gradcam_cli.demo.model import INPUT_SIZE, MEAN, STD, build_demo_cnn
-from gradcam_cli.demo.shapes import CLASSES, ShapeSample, generate_sample, sample_at
-from gradcam_cli.io.geometry import RESIZE_MODES, Geometry, plan, to_model_input, to_original_frame
+from gradcam_cli.demo.shapes import CLASSES, MAX_SIDE, MIN_SIDE, ShapeSample, generate_sample, sample_at
+from gradcam_cli.io.geometry import RESIZE_MODES, Geometry, plan, to_original_frame
 
 MIN_ACCURACY = 0.95
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out data: a seed no training run uses
@@ -73,28 +74,66 @@ SAMPLE_SPECS = (
 )
 
 
-def model_view(image: Image.Image, mode: str, pad: tuple[int, int, int] = CLI_PAD) -> tuple[np.ndarray, Geometry]:
-    """The 128x128 uint8 model input for ``image``, made exactly as the CLI makes it."""
-    geometry = plan((image.height, image.width), (INPUT_SIZE, INPUT_SIZE), mode)
-    return to_model_input(image, geometry, pad), geometry
+def model_view(
+    image: Image.Image, mode: str, pad: tuple[int, int, int] = CLI_PAD, size: int = INPUT_SIZE
+) -> tuple[np.ndarray, Geometry]:
+    """The ``size`` x ``size`` uint8 model input for ``image``, as the CLI's resize modes plan it.
+
+    Pasting the resized image at the planned offset letterboxes (offset >= 0) and centre-crops
+    (offset < 0, Pillow clips) in one step.
+    """
+    geometry = plan((image.height, image.width), (size, size), mode)
+    (rh, rw), (top, left) = geometry.resized, geometry.offset
+    canvas = Image.new("RGB", (size, size), pad)
+    canvas.paste(image.resize((rw, rh), Image.Resampling.BILINEAR), (left, top))
+    return np.array(canvas), geometry
 
 
-def _views(index: int, seed: int, clutter: bool) -> tuple[np.ndarray, int]:
-    """Sample ``index`` resized with every mode: uint8 (modes, H, W, 3) and its label."""
-    sample = sample_at(seed, index, clutter=clutter)
+@dataclass(frozen=True)
+class Views:
+    """Generated samples as model inputs: uint8 (N, modes, size, size, 3) per size, and labels (N,)."""
+
+    full: torch.Tensor
+    low: torch.Tensor
+    labels: torch.Tensor
+
+
+def _draw(seed: int, index: int, clutter: bool, reduced: bool) -> ShapeSample:
+    """Sample ``index`` of ``seed``: the :func:`sample_at` distribution, or the training one.
+
+    Training images (``reduced``) get sides drawn independently from [MIN_SIDE, MAX_SIDE], so aspect
+    ratios reach 4:1 (beyond the 2:1 of :func:`sample_at`) and the model copes with panoramas too.
+    They are also drawn smaller (short side >= 128 px, at most halved): generation cost grows with the
+    pixel count and every image ends up at 128x128 anyway, so only the pixel noise gets coarser.
+    """
+    if not reduced:
+        return sample_at(seed, index, clutter=clutter)
+    rng = np.random.default_rng([seed, index])
+    width, height = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
+    scale = max(0.5, INPUT_SIZE / min(width, height))
+    return generate_sample(rng, round(width * scale), round(height * scale), clutter=clutter)
+
+
+def _views(index: int, seed: int, clutter: bool, reduced: bool, low_res: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sample ``index`` as model inputs in every resize mode, at full and at low resolution."""
+    sample = _draw(seed, index, clutter, reduced)
     pad = PAD_COLOURS[int(np.random.default_rng([seed, index, 1]).integers(len(PAD_COLOURS)))]
-    views = [model_view(sample.image, mode, pad)[0] for mode in RESIZE_MODES]
-    return np.stack(views), sample.label
+    full = [model_view(sample.image, mode, pad)[0] for mode in RESIZE_MODES]
+    low = [model_view(sample.image, mode, pad, low_res)[0] for mode in RESIZE_MODES]
+    return np.stack(full), np.stack(low), sample.label
 
 
 def generate_views(
-    pool: multiprocessing.pool.Pool, seed: int, count: int, clutter: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
+    pool: multiprocessing.pool.Pool, seed: int, count: int, low_res: int, *, clutter: bool, reduced: bool
+) -> Views:
     """Generate ``count`` samples in parallel; deterministic because each depends only on (seed, i)."""
-    results = pool.map(functools.partial(_views, seed=seed, clutter=clutter), range(count), chunksize=32)
-    views = torch.from_numpy(np.stack([r[0] for r in results]))
-    labels = torch.tensor([r[1] for r in results], dtype=torch.long)
-    return views, labels
+    job = functools.partial(_views, seed=seed, clutter=clutter, reduced=reduced, low_res=low_res)
+    results = pool.map(job, range(count), chunksize=32)
+    return Views(
+        full=torch.from_numpy(np.stack([r[0] for r in results])),
+        low=torch.from_numpy(np.stack([r[1] for r in results])),
+        labels=torch.tensor([r[2] for r in results], dtype=torch.long),
+    )
 
 
 def to_input(batch: torch.Tensor) -> torch.Tensor:
@@ -122,12 +161,11 @@ def accuracy(model: torch.nn.Module, views: torch.Tensor, labels: torch.Tensor) 
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of training: ``steps`` batches drawn from ``views`` at ``resolution`` pixels."""
+    """A stretch of training: ``steps`` batches drawn from ``views`` (N, modes, H, W, 3)."""
 
     name: str
     views: torch.Tensor
     labels: torch.Tensor
-    resolution: int
     steps: int
 
 
@@ -154,9 +192,6 @@ def train(
             turns = int(torch.randint(4, (1,), generator=gen))
             x = to_input(phase.views[idx, modes].to(device))
             x = torch.rot90(torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(3), x), turns, (2, 3))
-            if phase.resolution != INPUT_SIZE:
-                size = (phase.resolution, phase.resolution)
-                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
             logits = model(x.contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(logits, phase.labels[idx].to(device), label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
@@ -239,7 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--easy-steps", type=int, default=200, help="phase 1: clean backgrounds, low res")
     parser.add_argument("--lowres-steps", type=int, default=400, help="phase 2: clutter, low res")
     parser.add_argument("--steps", type=int, default=450, help="phase 3: clutter, 128x128")
-    parser.add_argument("--low-res", type=int, default=64)
+    parser.add_argument("--low-res", type=int, default=64, help="input size of phases 1 and 2")
     parser.add_argument("--heldout-samples", type=int, default=1000)
     parser.add_argument("--pointing-samples", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -264,29 +299,29 @@ def main(argv: list[str] | None = None) -> int:
 
     heldout_seed = args.seed + HELDOUT_SEED_OFFSET
     with multiprocessing.get_context("spawn").Pool(args.threads) as pool:
-        easy = generate_views(pool, args.seed + EASY_SEED_OFFSET, args.easy_samples, clutter=False)
-        views, labels = generate_views(pool, args.seed, args.train_samples)
-        heldout = generate_views(pool, heldout_seed, args.heldout_samples)
+        easy_seed = args.seed + EASY_SEED_OFFSET
+        easy = generate_views(pool, easy_seed, args.easy_samples, args.low_res, clutter=False, reduced=True)
+        train_set = generate_views(pool, args.seed, args.train_samples, args.low_res, clutter=True, reduced=True)
+        heldout = generate_views(pool, heldout_seed, args.heldout_samples, args.low_res, clutter=True, reduced=False)
     print(
-        f"generated {len(easy[1])} easy, {len(labels)} training and {len(heldout[1])} held-out images "
-        f"({time.time() - start:.0f}s)",
+        f"generated {len(easy.labels)} easy, {len(train_set.labels)} training and {len(heldout.labels)} "
+        f"held-out images ({time.time() - start:.0f}s)",
         flush=True,
     )
 
     model = build_demo_cnn(len(CLASSES)).to(memory_format=torch.channels_last)
     phases = [
-        Phase("clean", *easy, args.low_res, args.easy_steps),
-        Phase("clutter", views, labels, args.low_res, args.lowres_steps),
-        Phase("clutter-128", views, labels, INPUT_SIZE, args.steps),
+        Phase(f"clean-{args.low_res}", easy.low, easy.labels, args.easy_steps),
+        Phase(f"clutter-{args.low_res}", train_set.low, train_set.labels, args.lowres_steps),
+        Phase(f"clutter-{INPUT_SIZE}", train_set.full, train_set.labels, args.steps),
     ]
-    check = (heldout[0][:200], heldout[1][:200])
-    train(model, phases, args, check)
+    train(model, phases, args, (heldout.full[:200], heldout.labels[:200]))
 
-    accs = accuracy(model, *heldout)
+    accs = accuracy(model, heldout.full, heldout.labels)
     pointing = pointing_game(model, [sample_at(heldout_seed, i) for i in range(args.pointing_samples)])
     for mode, acc, hit in zip(RESIZE_MODES, accs, pointing, strict=True):
         print(f"held-out {mode:<12} accuracy {acc:.4f}  pointing game {hit:.3f}")
-    print(f"held-out accuracy (all modes, {len(heldout[1])} images each): {sum(accs) / len(accs):.4f}")
+    print(f"held-out accuracy (all modes, {len(heldout.labels)} images each): {sum(accs) / len(accs):.4f}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

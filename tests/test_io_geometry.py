@@ -72,3 +72,12 @@ def test_letterbox_pads_with_given_colour() -> None:
     geometry = plan((10, 40), (20, 20), "letterbox")
     out = to_model_input(Image.new("RGB", (40, 10), (255, 0, 0)), geometry, (1, 2, 3))
     assert tuple(out[0, 0]) == (1, 2, 3) and tuple(out[10, 10]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox", "center_crop"])
+@pytest.mark.parametrize("original", [(199, 200), (200, 199), (127, 128), (129, 128), *SIZES])
+def test_model_input_always_has_the_model_size(mode: str, original: tuple[int, int]) -> None:
+    """Regression: a letterbox 1 px short of the model size (offset 0) was taken for a centre crop."""
+    geometry = plan(original, (128, 128), mode)
+    image = Image.new("RGB", (original[1], original[0]), (10, 20, 30))
+    assert to_model_input(image, geometry, (0, 0, 0)).shape == (128, 128, 3)

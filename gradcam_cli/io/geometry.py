@@ -54,9 +54,9 @@ def to_model_input(image: Image.Image, geometry: Geometry, pad_rgb: tuple[int, i
     array = np.array(resized, dtype=np.uint8)  # writable: becomes a torch tensor
     top, left = geometry.offset
     h, w = geometry.model
-    if top == 0 and left == 0 and (rh, rw) == (h, w):
+    if (rh, rw) == (h, w):
         return np.ascontiguousarray(array)
-    if top <= 0 and left <= 0:  # centre crop
+    if rh >= h and rw >= w:  # centre crop (a letterbox 1 px short of the model size has offset 0 too)
         return np.ascontiguousarray(array[-top : -top + h, -left : -left + w])
     canvas = np.empty((h, w, 3), dtype=np.uint8)  # letterbox
     canvas[:] = pad_rgb
