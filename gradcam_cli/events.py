@@ -1,6 +1,7 @@
 """Machine-readable run events for log shippers: --log-file PATH [--log-format json|text].
 
-Events: `run_started`, `image_failed` (one per error record), `run_finished` (with the summary).
+Events: `run_started`, `image_failed` (one per error record), `run_finished` (with the summary), and
+`stale_lock_taken_over` when a crashed run's lock was taken over.
 """
 
 from __future__ import annotations

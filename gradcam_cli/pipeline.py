@@ -449,6 +449,8 @@ def run(config: Config, options: RunOptions) -> RunSummary:
         repair_records(records_path)
         write_run_info(out_dir, config.config_hash(), config.model_dump(mode="json"))
         done = load_done(records_path) if options.resume else {}
+        if lock.took_over:  # a crashed run's lock: the kernel released it, we say so for the logs
+            events.emit("stale_lock_taken_over", previous_holder=lock.took_over)
         events.emit(
             "run_started",
             config_hash=config.config_hash(),

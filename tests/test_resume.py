@@ -114,7 +114,11 @@ def test_stale_lock_of_a_dead_run_is_taken_over(config_file, image_folder: Path,
     out = tmp_path / "out"
     out.mkdir()
     (out / ".gradcam.lock").write_text(json.dumps({"pid": 999999, "host": "gone", "started": "yesterday"}))
-    assert gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q").exit_code == 0
+    log = tmp_path / "events.jsonl"
+    result = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q", "--log-file", str(log))
+    assert result.exit_code == 0
+    first = json.loads(log.read_text().splitlines()[0])
+    assert first["event"] == "stale_lock_taken_over" and first["previous_holder"]["pid"] == 999999
 
 
 def test_disk_full_is_a_clear_error_and_records_stay_valid(
