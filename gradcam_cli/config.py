@@ -193,7 +193,7 @@ class CamConfig(_Strict):
     def _known_method(cls, value: str) -> str:
         name = value.lower()
         if name not in METHOD_NAMES:
-            raise ValueError(f"unknown method {value!r}{_suggest(value, METHOD_NAMES)}")
+            raise ValueError(f"unknown method {value!r}{did_you_mean(value, METHOD_NAMES)}")
         return name
 
     @field_validator("targets")
@@ -278,9 +278,10 @@ class Config(_Strict):
         return hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()
 
 
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def did_you_mean(word: Any, choices: Any, n: int = 1, cutoff: float = 0.6) -> str:
+    """' (did you mean 'x', 'y'?)' for the closest choices, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=cutoff)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _fields_at(loc: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -309,7 +310,7 @@ def _describe(error: dict[str, Any]) -> str:
     key = ".".join(parts).replace(".[", "[") or "(top level)"
     if error["type"] == "extra_forbidden":
         fields = _fields_at(loc) or {}
-        return f"unknown key '{key}'{_suggest(loc[-1], fields)}"
+        return f"unknown key '{key}'{did_you_mean(loc[-1], fields)}"
     if error["type"] == "missing":
         return f"missing required key '{key}'"
     message = error["msg"].removeprefix("Value error, ")
@@ -347,8 +348,7 @@ def with_timm_defaults(config: Config) -> Config:
     except Exception:  # timm raises several types for unknown names
         pretrained = None
     if pretrained is None:
-        close = difflib.get_close_matches(config.model.timm, timm.list_models(), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        hint = did_you_mean(config.model.timm, timm.list_models(), n=3)
         raise ConfigError(f"model.timm: unknown timm model {config.model.timm!r}{hint}.")
     chosen = config.preprocess.model_fields_set
     defaults = {

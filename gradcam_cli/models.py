@@ -7,7 +7,6 @@ the target layer's activation.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradcam_cli.config import ModelConfig, looks_like_path
+from gradcam_cli.config import ModelConfig, did_you_mean, looks_like_path
 from gradcam_cli.engine.base import describe_output
 from gradcam_cli.engine.layouts import describe_layout
 from gradcam_cli.errors import ConfigError, ModelError
@@ -109,7 +108,7 @@ def _build(config: ModelConfig) -> tuple[nn.Module, Any]:
         if config.torchvision not in available:
             raise ConfigError(
                 f"model.torchvision: unknown model {config.torchvision!r}"
-                f"{_did_you_mean(config.torchvision, available)}."
+                f"{did_you_mean(config.torchvision, available, n=3, cutoff=0.5)}."
             )
         enum_weights = None
         if config.weights is not None and not looks_like_path(config.weights):
@@ -275,11 +274,6 @@ def load_model(config: ModelConfig) -> LoadedModel:
     return LoadedModel(module=module, labels=_read_labels(config, enum_weights), description=description)
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-
-
 def score_reader(selector: int | str | None) -> Callable[[Any], torch.Tensor]:
     """How to get the (B, classes) scores out of what the model returns (model.output)."""
     if selector is None:
@@ -378,8 +372,9 @@ def resolve_target_layers(module: nn.Module, names: list[str], layers: list[Laye
             resolved.append((name, module.get_submodule(name)))
         except AttributeError:
             shown = candidates[-12:]
+            hint = did_you_mean(name, candidates, n=3, cutoff=0.5)
             raise ConfigError(
-                f"model.target_layer: no module named {name!r}{_did_you_mean(name, candidates)}. Usable layers "
+                f"model.target_layer: no module named {name!r}{hint}. Usable layers "
                 f"(last {len(shown)} of {len(candidates)}): {', '.join(shown)}."
             ) from None
     return resolved
