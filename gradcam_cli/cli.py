@@ -89,6 +89,19 @@ def run(
     log_file: Annotated[Path | None, typer.Option(help="Append run events to this file (for log shippers).")] = None,
     log_format: Annotated[str, typer.Option(help="Event format in --log-file: json or text.")] = "json",
     json_summary: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: process shard K (0-based) of N, e.g. $SLURM_ARRAY_TASK_ID/8; the last shard merges the manifest."
+        ),
+    ] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray (a Ray cluster; extra: gradcam-cli[ray]).")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address for --engine ray (default: start a local Ray).")
+    ] = None,
+    ray_actors: Annotated[
+        int | None, typer.Option(min=1, help="Model-holding Ray actors (default: one per GPU of the cluster, or 1).")
+    ] = None,
 ) -> None:
     """Explain every image of the inputs; write heatmaps, overlays, records.jsonl and manifest.json.
 
@@ -100,6 +113,18 @@ def run(
 
     if log_format not in ("json", "text"):
         raise _fail(GradcamError(f"--log-format must be json or text, not {log_format!r}."))
+    if engine not in ("local", "ray"):
+        raise _fail(GradcamError(f"--engine must be local or ray, not {engine!r}."))
+    if engine != "ray" and (ray_address is not None or ray_actors is not None):
+        raise _fail(GradcamError("--ray-address and --ray-actors need --engine ray."))
+    picked = None
+    if shard is not None:
+        from gradcam_cli.shards import parse_shard
+
+        try:
+            picked = parse_shard(shard)
+        except GradcamError as error:
+            raise _fail(error) from None
     layer: Any = target_layer
     if target_layer is not None and "," in target_layer:
         layer = [name.strip() for name in target_layer.split(",") if name.strip()]
@@ -126,9 +151,11 @@ def run(
             from gradcam_cli.io.discovery import check_inputs
             from gradcam_cli.resume import dry_run as plan_run
 
-            counts = plan_run(cfg, check_inputs(inputs), sys.stdin, not no_resume, limit, typer.echo)
+            counts = plan_run(cfg, check_inputs(inputs), sys.stdin, not no_resume, limit, typer.echo, picked)
+            others = f", {counts['other_shards']} in other shards" if picked else ""
             typer.echo(
-                f"{counts['process']} to process, {counts['skip']} already done, {counts['ignore']} ignored", err=True
+                f"{counts['process']} to process, {counts['skip']} already done, {counts['ignore']} ignored{others}",
+                err=True,
             )
             raise typer.Exit(0)
         from gradcam_cli.events import EventLog
@@ -148,6 +175,10 @@ def run(
                     resume=not no_resume,
                     overwrite=overwrite,
                     events=events,
+                    shard=picked,
+                    engine=engine,
+                    ray_address=ray_address,
+                    ray_actors=ray_actors,
                 ),
             )
         finally:
@@ -156,11 +187,42 @@ def run(
         raise _fail(error) from None
     if not quiet:
         typer.echo(summary.line(), err=True)
+        if summary.note:
+            typer.echo(f"gradcam: {summary.note}", err=True)
+    if summary.merge_error:
+        typer.echo(f"gradcam: warning: {summary.merge_error} (this shard's results are complete)", err=True)
     if json_summary:
         import json
 
         typer.echo(json.dumps(summary.as_dict(), sort_keys=True))
     raise typer.Exit(code=summary.exit_code)
+
+
+@app.command()
+def merge(
+    out_dir: Annotated[Path, typer.Argument(help="The output folder the shards (--shard K/N) wrote to.")],
+    json_summary: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON on stdout.")] = False,
+) -> None:
+    """Merge the shards of an output folder into one manifest.json (the last shard does it by itself).
+
+    Exit codes: 0 merged, 2 a shard is missing or incomplete, shards ran different configs, or an image
+    has records in two shards' files (the message says which and what to do), 3 a plain run is writing
+    to the folder.
+    """
+    from gradcam_cli.shards import merge as merge_shards
+
+    try:
+        path, counts = merge_shards(out_dir)
+    except GradcamError as error:
+        raise _fail(error) from None
+    typer.echo(
+        f"{counts['total']} images: {counts['ok']} ok, {counts['failed']} failed. Results: {path}",
+        err=True,
+    )
+    if json_summary:
+        import json
+
+        typer.echo(json.dumps(counts, sort_keys=True))
 
 
 @app.command()
@@ -188,6 +250,101 @@ def layers(config: ConfigOption) -> None:
         mark = "auto" if info.name == auto else ("yes" if info.spatial else "")
         shape = "x".join(str(d) for d in info.shape) if info.shape else "-"
         typer.echo(f"{info.name:<{width_name}}  {info.kind:<24} {shape:<20} {mark:<6} {info.layout or ''}".rstrip())
+
+
+@app.command()
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="Output folder of the reference run.")],
+    current: Annotated[Path, typer.Argument(help="Output folder of the run to check.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML file whose compare: section sets thresholds.")
+    ] = None,
+    min_correlation: Annotated[float | None, typer.Option(help="Least heatmap correlation (default 0.95).")] = None,
+    max_mean_abs_diff: Annotated[
+        float | None, typer.Option(help="Largest mean absolute heatmap difference, 0..1 (default 0.05).")
+    ] = None,
+    min_iou: Annotated[float | None, typer.Option(help="Least IoU of the top-20% regions (default 0.5).")] = None,
+    max_peak_shift: Annotated[
+        float | None, typer.Option(help="Largest peak move in pixels (default: not checked).")
+    ] = None,
+    max_score_change: Annotated[
+        float | None, typer.Option(help="Largest top-1 probability change (default: not checked).")
+    ] = None,
+    allow_label_change: Annotated[
+        bool, typer.Option("--allow-label-change", help="A changed top-1 class alone is not drift.")
+    ] = False,
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="Report images present on one side only instead of exit 2.")
+    ] = False,
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML (one testcase per image).")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write a Markdown summary for a pull-request comment.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report with pictures.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")] = False,
+) -> None:
+    """Compare two runs' predictions and heatmaps (attention regression).
+
+    Exit codes: 0 no drift beyond the thresholds, 1 drift (images listed worst first), 2 unusable inputs
+    (missing manifest, schema mismatch, different image sets without --allow-missing).
+    """
+    from gradcam_cli.config import load_compare_config
+
+    overrides = _overrides(
+        **{
+            "compare.min_correlation": min_correlation,
+            "compare.max_mean_abs_diff": max_mean_abs_diff,
+            "compare.min_iou": min_iou,
+            "compare.max_peak_shift": max_peak_shift,
+            "compare.max_score_change": max_score_change,
+            "compare.allow_label_change": allow_label_change or None,
+            "compare.allow_missing": allow_missing or None,
+        }
+    )
+    try:
+        limits = load_compare_config(config, overrides)
+        from gradcam_cli.compare import compare_runs
+        from gradcam_cli.compare_reports import text_table, write_html, write_junit, write_markdown
+
+        comparison = compare_runs(baseline, current, limits)
+        for path, write in ((junit, write_junit), (markdown, write_markdown), (html, write_html)):
+            if path is not None:
+                write(comparison, path)
+    except GradcamError as error:
+        raise _fail(error) from None
+    except OSError as exc:
+        raise _fail(GradcamError(f"cannot write the report: {exc}")) from None
+    typer.echo(comparison.summary_line() if quiet else text_table(comparison))
+    raise typer.Exit(code=comparison.exit_code)
+
+
+@app.command()
+def report(out_dir: Annotated[Path, typer.Argument(help="Output folder of `gradcam run`.")]) -> None:
+    """Write OUT_DIR/index.html: a gallery of the overlays with filters, sorting and the failures."""
+    try:
+        from gradcam_cli.report import write_report
+
+        page = write_report(out_dir)
+    except GradcamError as error:
+        raise _fail(error) from None
+    typer.echo(f"Report: {page}")
+
+
+@app.command()
+def init(
+    model: Annotated[str, typer.Option(help="torchvision model name, e.g. resnet50 or convnext_tiny.")] = "resnet50",
+    weights: Annotated[
+        str, typer.Option(help="torchvision weights name (DEFAULT: downloaded once) or a checkpoint file.")
+    ] = "DEFAULT",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the config.")] = Path("gradcam.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a commented starter config (every key, its default and what it does) for a torchvision model."""
+    try:
+        from gradcam_cli.starter import write_starter_config
+
+        write_starter_config(output, model, weights, force)
+    except GradcamError as error:
+        raise _fail(error) from None
+    typer.echo(f"Wrote {output}. Next: gradcam run --config {output} --input IMAGES/")
 
 
 def main() -> None:

@@ -79,6 +79,12 @@ class ModelConfig(_Strict):
     timm: str | None = Field(None, description="timm model name, e.g. convnext_tiny (extra: gradcam-cli[timm])")
     factory: str | None = Field(None, description='"pkg.module:fn" or "path/to/file.py:fn" returning a module')
     pickled: Path | None = Field(None, description="a fully pickled nn.Module (needs allow_pickle: true)")
+    onnx: Path | None = Field(
+        None, description="an ONNX file (MATLAB, Keras/tf2onnx, torch.onnx exports; extra: gradcam-cli[onnx])"
+    )
+    input_layout: Literal["auto", "nchw", "nhwc"] = Field(
+        "auto", description="model.onnx: the graph's image input layout; auto: from its input shape, else nchw"
+    )
     allow_pickle: bool = Field(False, description="opt in to unpickling checkpoints (runs code in the file)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the builder")
     weights: str | None = Field(None, description="torchvision weights name, DEFAULT, or a checkpoint path")
@@ -94,9 +100,9 @@ class ModelConfig(_Strict):
     )
     skip_tokens: int | None = Field(None, ge=0, description="tokens layout: leading non-patch tokens to drop")
 
-    @field_validator("pickled", mode="after")
+    @field_validator("pickled", "onnx", mode="after")
     @classmethod
-    def _resolve_pickled(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _resolve_model_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else (_base_dir(info) / value).resolve()
 
     @field_validator("weights", mode="after")
@@ -134,12 +140,18 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelConfig:
-        sources = [name for name in ("torchvision", "timm", "factory", "pickled") if getattr(self, name) is not None]
+        sources = [
+            name for name in ("torchvision", "timm", "factory", "pickled", "onnx") if getattr(self, name) is not None
+        ]
         if len(sources) != 1:
             raise ValueError(
-                "model needs exactly one of torchvision, timm, factory or pickled"
+                "model needs exactly one of torchvision, timm, factory, pickled or onnx"
                 + (f" (got {', '.join(sources)})" if sources else "")
             )
+        if self.onnx is not None and (self.weights is not None or self.kwargs):
+            raise ValueError("model.onnx: the ONNX file holds the weights and architecture; remove weights/kwargs")
+        if self.onnx is None and self.input_layout != "auto":
+            raise ValueError("model.input_layout only applies to model.onnx (see activation_layout for layers)")
         if self.pickled is not None and not self.allow_pickle:
             raise ValueError(
                 "model.pickled loads a whole pickled model, which can run arbitrary code from the file; "
@@ -158,8 +170,18 @@ class PreprocessConfig(_Strict):
 
     size: tuple[int, int] = Field((224, 224), description="model input height, width")
     resize: Literal["stretch", "letterbox", "center_crop"] = Field("stretch", description="resize mode")
-    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="per-channel mean (0..1)")
-    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="per-channel std (0..1)")
+    mean: tuple[float, float, float] = Field(
+        (0.485, 0.456, 0.406), description="per-channel mean, in pixel_range units and channel_order"
+    )
+    std: tuple[float, float, float] = Field(
+        (0.229, 0.224, 0.225), description="per-channel std, in pixel_range units and channel_order"
+    )
+    pixel_range: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="pixels 0..255 map linearly onto this before mean/std: [0, 1] torchvision, "
+        "[0, 255] caffe-style Keras and MATLAB, [-1, 1] Keras tf-style (with mean 0, std 1)",
+    )
+    channel_order: Literal["rgb", "bgr"] = Field("rgb", description="channel order fed to the model (bgr: caffe)")
 
     @field_validator("size")
     @classmethod
@@ -173,6 +195,13 @@ class PreprocessConfig(_Strict):
     def _nonzero_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if min(value) <= 0:
             raise ValueError("std values must be > 0")
+        return value
+
+    @field_validator("pixel_range")
+    @classmethod
+    def _increasing_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError("pixel_range must be [low, high] with low < high, e.g. [0, 1] or [0, 255]")
         return value
 
 
@@ -214,6 +243,7 @@ class OutputConfig(_Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the colormap in the overlay")
     raw: bool = Field(False, description="also write float32 .npy CAMs (feature and original resolution)")
     png_compression: int = Field(1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small")
+    report: bool = Field(False, description="write the HTML gallery index.html at the end of every run")
 
 
 class RuntimeConfig(_Strict):
@@ -224,6 +254,9 @@ class RuntimeConfig(_Strict):
     workers: Literal["auto"] | int = Field("auto", description="decode worker processes (0: in-process)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
     fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the preceding conv (faster, same maps)")
+    deterministic: bool = Field(
+        True, description="deterministic torch algorithms, so reruns give byte-identical heatmaps"
+    )
 
     @field_validator("device")
     @classmethod
@@ -258,6 +291,24 @@ class InputConfig(_Strict):
         return tuple(ext.lower() if ext.startswith(".") else "." + ext.lower() for ext in value)
 
 
+class CompareConfig(_Strict):
+    """Thresholds of `gradcam compare` (attention regression checks); not part of the config hash."""
+
+    min_correlation: float = Field(
+        0.95, ge=-1.0, le=1.0, description="least Pearson correlation between baseline and current heatmap"
+    )
+    max_mean_abs_diff: float = Field(0.05, ge=0.0, le=1.0, description="largest mean |difference| (heatmaps in 0..1)")
+    min_iou: float = Field(0.5, ge=0.0, le=1.0, description="least IoU of the two heatmaps' top-20% regions")
+    max_peak_shift: float | None = Field(
+        None, ge=0.0, description="largest move of the heatmap peak in original-image pixels (null: not checked)"
+    )
+    max_score_change: float | None = Field(
+        None, ge=0.0, le=1.0, description="largest change of the top-1 probability (null: not checked)"
+    )
+    allow_label_change: bool = Field(False, description="a changed top-1 class is not drift by itself")
+    allow_missing: bool = Field(False, description="images on one side only are reported, not an error")
+
+
 class Config(_Strict):
     """The whole, validated configuration of one run."""
 
@@ -267,6 +318,7 @@ class Config(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     input: InputConfig = Field(default_factory=InputConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     def config_hash(self) -> str:
         """Hash of what determines the heatmaps (model, weights, layer, preprocessing, method, targets)."""
@@ -326,13 +378,47 @@ def parse_config(data: Any, base_dir: Path, source: str = "config") -> Config:
     try:
         config = Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        seen: list[str] = []
-        for error in exc.errors():
-            text = _describe(error)
-            if text not in seen:
-                seen.append(text)
-        raise ConfigError(f"{source}: " + "; ".join(seen[:5]) + ".") from None
+        raise ConfigError(_explain(exc, source)) from None
+    if config.model.onnx is not None:
+        return with_onnx_defaults(config)
     return with_timm_defaults(config) if config.model.timm else config
+
+
+def with_onnx_defaults(config: Config) -> Config:
+    """An ONNX graph with a fixed input size sets preprocess.size, unless the config sets it."""
+    if "size" in config.preprocess.model_fields_set or config.model.onnx is None:
+        return config
+    from gradcam_cli.onnx_model import graph_input_size
+
+    size = graph_input_size(config.model.onnx, config.model.input_layout)
+    if size is None or min(size) < 8:
+        return config
+    return config.model_copy(update={"preprocess": config.preprocess.model_copy(update={"size": size})})
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    seen: list[str] = []
+    for error in exc.errors():
+        text = _describe(error)
+        if text not in seen:
+            seen.append(text)
+    return f"{source}: " + "; ".join(seen[:5]) + "."
+
+
+def load_compare_config(path: Path | None, overrides: dict[str, Any] | None = None) -> CompareConfig:
+    """The `compare:` section of a config file (other sections are not needed) merged with CLI overrides."""
+    data = read_config_file(Path(path)) if path is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping.")
+    section = apply_overrides({"compare": data.get("compare") or {}}, overrides or {})
+    try:
+        return _CompareFile.model_validate(section).compare
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, str(path or "compare options"))) from None
+
+
+class _CompareFile(_Strict):
+    compare: CompareConfig
 
 
 def with_timm_defaults(config: Config) -> Config:

@@ -240,6 +240,14 @@ def _read_labels(config: ModelConfig, enum_weights: Any) -> list[str] | None:
 
 def load_model(config: ModelConfig) -> LoadedModel:
     """Build the module, load weights safely, freeze parameters, switch to eval mode."""
+    if config.onnx is not None:
+        from gradcam_cli.onnx_model import load_onnx
+
+        module, adapted = load_onnx(config.onnx, config.input_layout)
+        module.eval()
+        module.requires_grad_(False)
+        description = {"source": f"onnx:{config.onnx}", "weights": None, "checkpoint_sha256": file_sha256(config.onnx)}
+        return LoadedModel(module=module, labels=_read_labels(config, None), description=description | adapted)
     module, enum_weights = _build(config)
     description: dict[str, Any] = {
         "source": (

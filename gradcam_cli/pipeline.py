@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,7 +39,6 @@ from gradcam_cli.io.manifest import (
     load_done,
     repair_records,
     write_manifest,
-    write_run_info,
 )
 from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW, OutputJob, output_name, write_outputs
 from gradcam_cli.models import (
@@ -49,7 +49,16 @@ from gradcam_cli.models import (
     score_reader,
     trace_layers,
 )
-from gradcam_cli.resume import check_previous_config, clear_results, filters_of, limited, pending
+from gradcam_cli.resume import (
+    check_previous_config,
+    claim_run_info,
+    clear_results,
+    filters_of,
+    in_shard,
+    limited,
+    pending,
+)
+from gradcam_cli.shards import Shard, ShardMergeError, clear_marker, complete_markers, merge, write_marker
 from gradcam_cli.stages import DecodeDataset, DecodedBatch, decoded_batches
 
 TOP_PREDICTIONS = 5
@@ -74,6 +83,10 @@ class RunOptions:
     resume: bool = True  # skip images an earlier run of the same config already explained
     overwrite: bool = False  # replace results of a different config instead of refusing
     events: EventLog | None = None
+    shard: Shard | None = None  # process only this shard's images (gradcam_cli/shards.py)
+    engine: str = "local"  # local | ray (gradcam_cli/ray_engine.py)
+    ray_address: str | None = None  # an existing Ray cluster; None starts a local Ray instance
+    ray_actors: int | None = None  # model-holding actors (None: one per GPU of the cluster, else 1)
 
 
 @dataclass
@@ -90,6 +103,10 @@ class RunSummary:
     # mapping them to the original frame, and waiting for the writer pool. The largest is the bottleneck.
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    complete: bool = False  # went through every input: not interrupted, not cut by --limit or --fail-fast
+    device: str | None = None  # where the CAMs ran, when not the driver's device (Ray actors)
+    note: str | None = None  # e.g. a shard waiting for the others before the merge
+    merge_error: str | None = None  # the last shard could not merge (see `gradcam merge`)
 
     @property
     def exit_code(self) -> int:
@@ -140,6 +157,17 @@ def resolve_workers(workers: str | int) -> int:
     return int(workers)
 
 
+def use_deterministic_algorithms(device: torch.device) -> None:
+    """Same inputs, same config, same machine: byte-identical heatmaps (what `gradcam compare` relies on).
+
+    warn_only: an op without a deterministic kernel warns instead of failing the run.
+    """
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def label_of(labels: list[str] | None, index: int) -> str:
     return labels[index] if labels is not None and 0 <= index < len(labels) else str(index)
 
@@ -184,6 +212,8 @@ class Prepared:
 def prepare(config: Config) -> Prepared:
     """Build the model, trace it once, resolve layers, labels and targets; raises GradcamError."""
     device = resolve_device(config.runtime.device)
+    if config.runtime.deterministic:
+        use_deterministic_algorithms(device)
     if config.runtime.precision == "fp16" and device.type == "cpu":
         raise ConfigError("runtime.precision fp16 needs a GPU; on the CPU use bf16 or fp32.")
     loaded = load_model(config.model)
@@ -251,6 +281,11 @@ def prepare(config: Config) -> Prepared:
 
 def _normalised(pixels: torch.Tensor, config: Config, device: torch.device) -> torch.Tensor:
     x = pixels.to(device, non_blocking=True).float().div_(255.0)
+    low, high = config.preprocess.pixel_range  # 0..255 onto [low, high], then channel order, then mean/std
+    if (low, high) != (0.0, 1.0):
+        x = x.mul_(high - low).add_(low)
+    if config.preprocess.channel_order == "bgr":
+        x = x.flip(1)
     mean = torch.tensor(config.preprocess.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(config.preprocess.std, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
@@ -282,6 +317,91 @@ def _error_record(source: ImageSource, sha256: str | None, kind: str, message: s
     }
 
 
+def render_batch(
+    prepared: Prepared,
+    out_dir: Path,
+    batch: DecodedBatch,
+    result: CamBatch | None,
+    write: Callable[[OutputJob], object],
+) -> list[dict[str, Any]]:
+    """A batch's records, in input order; each image's output job goes to `write` as soon as it is ready.
+
+    Shared by the local engine (`write` submits to its writer pool) and the Ray actors, so both give the
+    same records and files.
+    """
+    config = prepared.config
+    labels = prepared.model.labels
+    several = prepared.targets.count > 1
+    records: list[dict[str, Any]] = []
+    position = {item_index: row for row, item_index in enumerate(batch.ok)}
+    for index, item in enumerate(batch.items):
+        if item.skipped:
+            continue
+        if item.error is not None:
+            records.append(_error_record(item.source, item.sha256, *item.error))
+            continue
+        assert result is not None and item.geometry is not None and item.size is not None
+        row = position[index]
+        classes = result.class_indices[row].tolist()
+        probabilities = result.probabilities[row]
+        top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.numel()))
+        names = [output_name(item.source.path, c, several) for c in classes]
+        full = to_original_frame(result.cams[row], item.geometry)
+        heatmaps = full.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        job = OutputJob(
+            out_dir=out_dir,
+            names=names,
+            heatmaps=heatmaps,
+            original=item.original.numpy() if (config.output.overlays and item.original is not None) else None,
+            write_heatmaps=config.output.heatmaps,
+            colormap=config.output.colormap,
+            alpha=config.output.alpha,
+            compression=config.output.png_compression,
+        )
+        if config.output.raw:
+            raw = result.raw[row]
+            size = tuple(config.preprocess.size)
+            at_input = torch.nn.functional.interpolate(
+                raw[:, None], size=size, mode="bilinear", align_corners=False
+            )[:, 0]
+            job.raw_feature = raw.float().cpu().numpy()
+            job.raw_original = to_original_frame(at_input, item.geometry).float().cpu().numpy()
+        write(job)
+        cams = []
+        for rank, (class_index, name) in enumerate(zip(classes, names, strict=True)):
+            entry: dict[str, Any] = {
+                "rank": rank,
+                "class_index": class_index,
+                "label": label_of(labels, class_index),
+                "score": round(float(probabilities[class_index]), 6),
+                "heatmap": f"{HEATMAPS}/{name}" if config.output.heatmaps else None,
+                "overlay": f"{OVERLAYS}/{name}" if config.output.overlays else None,
+                "raw_max": float(result.raw_max[row, rank]),
+                "quality": result.quality[row][rank],
+            }
+            if config.output.raw:
+                entry["raw"] = f"{RAW}/{name.removesuffix('.png')}.npy"
+                entry["raw_feature"] = f"{RAW}/{name.removesuffix('.png')}.feature.npy"
+            cams.append(entry)
+        width, height = item.size
+        records.append(
+            {
+                **_source_fields(item.source),
+                "sha256": item.sha256,
+                "width": width,
+                "height": height,
+                "status": "ok",
+                "predictions": [
+                    {"class_index": int(i), "label": label_of(labels, int(i)), "score": round(float(s), 6)}
+                    for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+                ],
+                "cams": cams,
+                "error": None,
+            }
+        )
+    return records
+
+
 class _BatchWriter:
     """Turns engine results into output jobs and records, writing in a thread pool one batch behind."""
 
@@ -293,77 +413,10 @@ class _BatchWriter:
         self.pending: deque[tuple[list[dict[str, Any]], list[Future[None]]]] = deque()
 
     def submit(self, batch: DecodedBatch, result: CamBatch | None) -> list[dict[str, Any]]:
-        config = self.prepared.config
-        labels = self.prepared.model.labels
-        several = self.prepared.targets.count > 1
-        records: list[dict[str, Any]] = []
         futures: list[Future[None]] = []
-        position = {item_index: row for row, item_index in enumerate(batch.ok)}
-        for index, item in enumerate(batch.items):
-            if item.skipped:
-                continue
-            if item.error is not None:
-                records.append(_error_record(item.source, item.sha256, *item.error))
-                continue
-            assert result is not None and item.geometry is not None and item.size is not None
-            row = position[index]
-            classes = result.class_indices[row].tolist()
-            probabilities = result.probabilities[row]
-            top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.numel()))
-            names = [output_name(item.source.path, c, several) for c in classes]
-            full = to_original_frame(result.cams[row], item.geometry)
-            heatmaps = full.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
-            job = OutputJob(
-                out_dir=self.out_dir,
-                names=names,
-                heatmaps=heatmaps,
-                original=item.original.numpy() if (config.output.overlays and item.original is not None) else None,
-                write_heatmaps=config.output.heatmaps,
-                colormap=config.output.colormap,
-                alpha=config.output.alpha,
-                compression=config.output.png_compression,
-            )
-            if config.output.raw:
-                raw = result.raw[row]
-                size = tuple(config.preprocess.size)
-                at_input = torch.nn.functional.interpolate(
-                    raw[:, None], size=size, mode="bilinear", align_corners=False
-                )[:, 0]
-                job.raw_feature = raw.float().cpu().numpy()
-                job.raw_original = to_original_frame(at_input, item.geometry).float().cpu().numpy()
-            futures.append(self.pool.submit(write_outputs, job))
-            cams = []
-            for rank, (class_index, name) in enumerate(zip(classes, names, strict=True)):
-                entry: dict[str, Any] = {
-                    "rank": rank,
-                    "class_index": class_index,
-                    "label": label_of(labels, class_index),
-                    "score": round(float(probabilities[class_index]), 6),
-                    "heatmap": f"{HEATMAPS}/{name}" if config.output.heatmaps else None,
-                    "overlay": f"{OVERLAYS}/{name}" if config.output.overlays else None,
-                    "raw_max": float(result.raw_max[row, rank]),
-                    "quality": result.quality[row][rank],
-                }
-                if config.output.raw:
-                    entry["raw"] = f"{RAW}/{name.removesuffix('.png')}.npy"
-                    entry["raw_feature"] = f"{RAW}/{name.removesuffix('.png')}.feature.npy"
-                cams.append(entry)
-            width, height = item.size
-            records.append(
-                {
-                    **_source_fields(item.source),
-                    "sha256": item.sha256,
-                    "width": width,
-                    "height": height,
-                    "status": "ok",
-                    "predictions": [
-                        {"class_index": int(i), "label": label_of(labels, int(i)), "score": round(float(s), 6)}
-                        for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-                    ],
-                    "cams": cams,
-                    "error": None,
-                }
-            )
+        records = render_batch(
+            self.prepared, self.out_dir, batch, result, lambda job: futures.append(self.pool.submit(write_outputs, job))
+        )
         self.pending.append((records, futures))
         return records
 
@@ -379,7 +432,7 @@ class _BatchWriter:
             except OSError as exc:
                 raise OutputError(
                     f"cannot write to the output folder {self.out_dir}: {exc.strerror or exc}. Records "
-                    f"written so far in {self.out_dir / RECORDS_NAME} stay valid."
+                    f"written so far in {self.records.path} stay valid."
                 ) from None
             written.extend(records)
         return written
@@ -432,25 +485,47 @@ def run(config: Config, options: RunOptions) -> RunSummary:
     inputs = check_inputs(options.inputs)
     out_dir = config.output.dir.resolve()
     events = options.events or EventLog(None)
+    shard = options.shard
+    if shard is not None and options.overwrite:
+        raise ConfigError(
+            "--overwrite cannot be combined with --shard: shards share the output folder, and one shard must "
+            "not delete the others' results. Remove the old results first (their heatmaps/, overlays/, records "
+            "and run.json), or choose a new --output."
+        )
+    stream, driver_config = _stream, config
+    if options.engine == "ray":
+        from gradcam_cli import ray_engine
+
+        ray_engine.require_ray()  # a missing extra is a usage error, before anything is written
+        stream, driver_config = ray_engine.stream, ray_engine.driver_config(config)
+    elif options.engine != "local":
+        raise ConfigError(f"--engine must be local or ray, not {options.engine!r}.")
+    records_path = out_dir / (shard.records_name if shard else RECORDS_NAME)
     with contextlib.ExitStack() as stack:
-        lock = OutputLock(out_dir)
+        # A plain run holds the folder lock alone; shards share it and hold their own shard lock each.
+        locks = [OutputLock(out_dir)] if shard is None else [OutputLock(out_dir, shared=True)]
+        if shard is not None:
+            locks.append(OutputLock(out_dir, shard.lock_name))
         if out_dir.is_dir():  # a second run on the same folder exits before loading any model
-            stack.enter_context(lock)
+            for lock in locks:
+                stack.enter_context(lock)
             if not options.overwrite:
                 check_previous_config(out_dir, config)
-        prepared = prepare(config)
+        prepared = prepare(driver_config)  # the Ray engine validates here and computes in its actors
         if not out_dir.is_dir():
             _prepare_output(out_dir)
-            stack.enter_context(lock)
+            for lock in locks:
+                stack.enter_context(lock)
         if options.overwrite:
             clear_results(out_dir)
         _prepare_output(out_dir)
-        records_path = out_dir / RECORDS_NAME
         repair_records(records_path)
-        write_run_info(out_dir, config.config_hash(), config.model_dump(mode="json"))
+        claim_run_info(out_dir, config)  # shards starting together agree on one config, or all but one stop
+        if shard is not None:
+            clear_marker(out_dir, shard)  # complete again only when this run goes through all its images
         done = load_done(records_path) if options.resume else {}
-        if lock.took_over:  # a crashed run's lock: the kernel released it, we say so for the logs
-            events.emit("stale_lock_taken_over", previous_holder=lock.took_over)
+        if locks[-1].took_over:  # a crashed run's lock: the kernel released it, we say so for the logs
+            events.emit("stale_lock_taken_over", previous_holder=locks[-1].took_over)
         events.emit(
             "run_started",
             config_hash=config.config_hash(),
@@ -458,15 +533,80 @@ def run(config: Config, options: RunOptions) -> RunSummary:
             out_dir=str(out_dir),
             device=str(prepared.device),
             already_done=len(done),
+            **({"shard": shard.label} if shard else {}),
+            **({"engine": options.engine} if options.engine != "local" else {}),
         )
-        summary = _stream(prepared, inputs, out_dir, done, options, events)
-        summary.manifest = write_manifest(out_dir, _manifest_header(prepared, summary), skipped=summary.skipped)
+        prepared.config = config  # the Ray actors get the config as given (they pick their own device)
+        summary = stream(prepared, inputs, out_dir, done, options, events, records_path)
+        header = _manifest_header(prepared, summary)
+        if shard is None:
+            summary.manifest = write_manifest(out_dir, header, skipped=summary.skipped)
+        else:
+            summary.manifest = _finish_shard(out_dir, shard, config.config_hash(), header, summary, events)
+        if config.output.report and summary.manifest is not None:
+            from gradcam_cli.report import write_report
+
+            write_report(out_dir)
         events.emit("run_finished", summary=summary.as_dict())
     return summary
 
 
+def _finish_shard(
+    out_dir: Path, shard: Shard, config_hash: str, header: dict[str, Any], summary: RunSummary, events: EventLog
+) -> Path | None:
+    """Mark the shard complete when it went through all of its images; the last one to finish merges."""
+    if not summary.complete:
+        summary.note = f"shard {shard.label} stopped before its end: not complete; rerun it to resume"
+        return None
+    counts = {"total": summary.total, "ok": summary.ok, "failed": summary.failed, "skipped": summary.skipped}
+    write_marker(out_dir, shard, config_hash, header, counts)
+    markers = complete_markers(out_dir)
+    waiting = [k for k in range(shard.count) if (k, shard.count) not in markers]
+    if waiting:
+        summary.note = (
+            f"shard {shard.label} complete; manifest.json is written when all {shard.count} shards are "
+            f"(waiting for {len(waiting)}), or by `gradcam merge {out_dir}`"
+        )
+        return None
+    try:
+        path, counts = merge(out_dir)
+    except ShardMergeError as error:  # the shard's own results are complete and valid all the same
+        summary.merge_error = str(error)
+        events.emit("merge_failed", message=str(error))
+        return None
+    summary.note = f"last shard: merged {shard.count} shards into {path} ({counts['total']} images)"
+    events.emit("shards_merged", manifest=str(path), summary=counts)
+    return path
+
+
+def todo_sources(
+    config: Config, inputs: list[str], out_dir: Path, done: dict[str, Any], options: RunOptions, summary: RunSummary
+) -> tuple[Iterator[ImageSource], Callable[[], bool]]:
+    """The images still to do (this shard's, not done, within --limit), streamed; and a function that says
+    whether discovery went through to the end (a shard is complete only then)."""
+    walked = [False]
+
+    def skipped(_: ImageSource) -> None:
+        summary.skipped += 1
+        summary.total += 1
+
+    def through(sources: Iterable[ImageSource]) -> Iterator[ImageSource]:
+        yield from sources
+        walked[0] = True
+
+    sources = discover(inputs, filters_of(config), options.stdin, exclude=out_dir)
+    todo = limited(through(pending(in_shard(sources, options.shard), done, skipped)), options.limit)
+    return todo, lambda: walked[0]
+
+
 def _stream(
-    prepared: Prepared, inputs: list[str], out_dir: Path, done: dict[str, Any], options: RunOptions, events: EventLog
+    prepared: Prepared,
+    inputs: list[str],
+    out_dir: Path,
+    done: dict[str, Any],
+    options: RunOptions,
+    events: EventLog,
+    records_path: Path | None = None,
 ) -> RunSummary:
     """The streaming stages; records are durable per batch whatever stops the loop."""
     config = prepared.config
@@ -474,19 +614,13 @@ def _stream(
     summary.started_at = datetime.now(timezone.utc)
     clock = time.perf_counter()
     progress = _progress(options.quiet)
-
-    def skipped(_: ImageSource) -> None:
-        summary.skipped += 1
-        summary.total += 1
-
-    sources = discover(inputs, filters_of(config), options.stdin, exclude=out_dir)
-    todo = limited(pending(sources, done, skipped), options.limit)
+    todo, walked_all = todo_sources(config, inputs, out_dir, done, options, summary)
     dataset = DecodeDataset(config.preprocess, config.input, keep_original=config.output.overlays)
     workers = resolve_workers(config.runtime.workers)
     batches = decoded_batches(
         todo, dataset, config.runtime.batch_size, workers, pin_memory=prepared.device.type == "cuda"
     )
-    records = RecordsWriter(out_dir / RECORDS_NAME)
+    records = RecordsWriter(records_path or out_dir / RECORDS_NAME)
     writer = _BatchWriter(prepared, out_dir, records, threads=max(2, min(8, os.cpu_count() or 2)))
 
     def account(written: list[dict[str, Any]]) -> None:
@@ -526,6 +660,8 @@ def _stream(
                     break
                 if options.fail_fast and any(r["status"] == "error" for r in submitted):
                     break
+            else:
+                summary.complete = walked_all()
             account(writer.drain())
             _lap(stages, "encode", mark)
     except KeyboardInterrupt:
@@ -559,7 +695,7 @@ def _manifest_header(prepared: Prepared, summary: RunSummary) -> dict[str, Any]:
         "method": config.cam.method,
         "target_layer": prepared.layer_names[0] if len(prepared.layer_names) == 1 else prepared.layer_names,
         "targets": config.cam.targets,
-        "device": str(prepared.device),
+        "device": summary.device or str(prepared.device),
         "precision": config.runtime.precision,
         "normalization": NORMALIZATION,
         "started_at": summary.started_at.isoformat(timespec="seconds"),

@@ -4,6 +4,7 @@ Rerunning with the same output folder and the same effective config processes on
 images: an ok record whose file size and mtime still match is skipped at once; one whose size or mtime
 changed is re-hashed by the decode workers and skipped if its bytes are the same (sha256 is the truth).
 A different config refuses (exit 2) unless --overwrite, so one manifest never mixes two configs.
+Shards (`--shard K/N`) resume each from their own records file and share the folder's `run.json`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ from typing import TextIO
 from gradcam_cli.config import Config
 from gradcam_cli.errors import ConfigError
 from gradcam_cli.io.discovery import Filters, ImageSource, discover
-from gradcam_cli.io.manifest import MANIFEST_NAME, RECORDS_NAME, RUN_NAME, DoneImage, load_done, read_run_info
+from gradcam_cli.io.lock import OutputLock
+from gradcam_cli.io.manifest import (
+    MANIFEST_NAME,
+    RECORDS_NAME,
+    RUN_NAME,
+    DoneImage,
+    load_done,
+    read_run_info,
+    write_run_info,
+)
 from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW
+from gradcam_cli.shards import Shard, complete_markers, shard_records_files
+
+RUN_INFO_LOCK_NAME = ".gradcam.run-info.lock"
 
 
 def filters_of(config: Config) -> Filters:
@@ -33,12 +46,17 @@ def filters_of(config: Config) -> Filters:
 def check_previous_config(out_dir: Path, config: Config) -> None:
     """Refuse to mix results of two configs in one output folder."""
     info = read_run_info(out_dir)
-    has_results = (out_dir / RECORDS_NAME).exists() or (out_dir / MANIFEST_NAME).exists()
+    has_results = (
+        (out_dir / RECORDS_NAME).exists() or (out_dir / MANIFEST_NAME).exists() or bool(shard_records_files(out_dir))
+    )
     if not has_results:
         return
     previous = info.get("config_hash") if info else None
     if previous != config.config_hash():
-        differs = _differences(info.get("config", {}) if info else {}, config)
+        changed = _changed_keys(info.get("config", {}), config) if info else ["run.json"]
+        if info and isinstance(info.get("config"), dict) and not changed:
+            return  # written by an older gradcam-cli whose schema lacked keys that are now at their defaults
+        differs = "changed: " + ", ".join(changed[:6]) if info and changed else ""
         raise ConfigError(
             f"the output folder {out_dir} holds results of a different config"
             + (f" ({differs})" if differs else "")
@@ -47,24 +65,43 @@ def check_previous_config(out_dir: Path, config: Config) -> None:
         )
 
 
-def _differences(previous: dict, config: Config) -> str:
-    current = {
-        "model": config.model.model_dump(mode="json"),
-        "preprocess": config.preprocess.model_dump(mode="json"),
-        "cam": config.cam.model_dump(mode="json"),
-    }
+def claim_run_info(out_dir: Path, config: Config) -> None:
+    """Check and write `run.json` as one step, under a short lock: shards starting together on a new
+    folder agree on one config (the first writes it, the same config leaves it alone, another is refused)."""
+    with OutputLock(out_dir, RUN_INFO_LOCK_NAME, wait=True):
+        check_previous_config(out_dir, config)
+        info = read_run_info(out_dir)
+        if info is None or info.get("config_hash") != config.config_hash():
+            write_run_info(out_dir, config.config_hash(), config.model_dump(mode="json"))
+
+
+def _changed_keys(previous: dict, config: Config) -> list[str]:
+    """Hashed keys whose value differs from the earlier run's; a key the earlier version did not have
+    counts as unchanged while it is at its default (upgrades must not orphan existing output folders)."""
     changed = []
-    for section, values in current.items():
+    for section in ("model", "preprocess", "cam"):
+        part = getattr(config, section)
+        values = part.model_dump(mode="json")
+        defaults = type(part).model_construct().model_dump(mode="json")
+        before = previous.get(section, {}) if isinstance(previous.get(section), dict) else {}
         for key, value in values.items():
-            if previous.get(section, {}).get(key) != value:
+            if key in before:
+                if before[key] != value:
+                    changed.append(f"{section}.{key}")
+            elif value != defaults.get(key):
                 changed.append(f"{section}.{key}")
-    return "changed: " + ", ".join(changed[:6]) if changed else ""
+    return changed
 
 
 def clear_results(out_dir: Path) -> None:
     """--overwrite: remove only what gradcam wrote (never anything else in the folder)."""
     for name in (RECORDS_NAME, MANIFEST_NAME, RUN_NAME):
         (out_dir / name).unlink(missing_ok=True)
+    for (index, count), path in shard_records_files(out_dir).items():
+        path.unlink(missing_ok=True)
+        (out_dir / Shard(index, count).complete_name).unlink(missing_ok=True)
+    for index, count in complete_markers(out_dir):
+        (out_dir / Shard(index, count).complete_name).unlink(missing_ok=True)
     for name in (HEATMAPS, OVERLAYS, RAW):
         shutil.rmtree(out_dir / name, ignore_errors=True)
 
@@ -86,6 +123,13 @@ def pending(
             yield replace(source, known_sha256=previous.sha256)
 
 
+def in_shard(sources: Iterable[ImageSource], shard: Shard | None) -> Iterator[ImageSource]:
+    """The sources of one shard (all of them without --shard)."""
+    for source in sources:
+        if shard is None or shard.owns(source.path):
+            yield source
+
+
 def limited(sources: Iterable[ImageSource], limit: int | None) -> Iterator[ImageSource]:
     for count, source in enumerate(sources):
         if limit is not None and count >= limit:
@@ -100,11 +144,21 @@ def dry_run(
     resume: bool,
     limit: int | None,
     echo: Callable[[str], None],
+    shard: Shard | None = None,
 ) -> dict[str, int]:
-    """Print what a run would process, skip (already done) and ignore, without loading the model."""
+    """Print what a run would process, skip (already done) and ignore, without loading the model.
+
+    With a shard, only its images are listed; `other_shards` counts the rest."""
     out_dir = config.output.dir.resolve()
-    done = load_done(out_dir / RECORDS_NAME) if resume else {}
-    counts = {"process": 0, "skip": 0, "ignore": 0}
+    done = load_done(out_dir / (shard.records_name if shard else RECORDS_NAME)) if resume else {}
+    counts = {"process": 0, "skip": 0, "ignore": 0, "other_shards": 0}
+
+    def mine(sources: Iterable[ImageSource]) -> Iterator[ImageSource]:
+        for source in sources:
+            if shard is None or shard.owns(source.path):
+                yield source
+            else:
+                counts["other_shards"] += 1
 
     def ignore(path: str, reason: str) -> None:
         counts["ignore"] += 1
@@ -115,7 +169,7 @@ def dry_run(
         echo(f"skip     {source.path}  (done)")
 
     sources = discover(inputs, filters_of(config), stdin, exclude=out_dir, ignored=ignore)
-    for source in limited(pending(sources, done, skip), limit):
+    for source in limited(pending(mine(sources), done, skip), limit):
         counts["process"] += 1
         note = "  (changed size or mtime: re-hashed, skipped if identical)" if source.known_sha256 else ""
         echo(f"process  {source.path}{note}")

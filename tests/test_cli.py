@@ -245,3 +245,15 @@ def test_layers_command(config_file) -> None:
 def test_version() -> None:
     result = gradcam("--version")
     assert result.exit_code == 0 and "gradcam-cli" in result.stdout
+
+
+def test_output_report_writes_the_gallery_after_the_run(config_file, image_folder: Path, tmp_path: Path) -> None:
+    result = gradcam("run", "-c", str(config_file(output={"report": True})), "-i", str(image_folder), "-q")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "sub/b.png" in page
+    assert len(list((tmp_path / "out" / "thumbnails").rglob("*.jpg"))) == 3
+    result = gradcam("report", str(tmp_path / "out"))
+    assert result.exit_code == 0 and "index.html" in result.output
+    result = gradcam("report", str(tmp_path / "nothing-here"))
+    assert result.exit_code == 2 and "Traceback" not in result.output

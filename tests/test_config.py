@@ -93,3 +93,53 @@ def test_config_is_frozen_and_hash_ignores_runtime(tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own frozen error
         a.runtime.batch_size = 3  # type: ignore[misc]
     assert isinstance(a, Config)
+
+
+def test_onnx_is_one_more_exclusive_source(tmp_path: Path) -> None:
+    config = parse_config({"model": {"onnx": "nets/model.onnx", "input_layout": "nhwc"}}, tmp_path)
+    assert config.model.onnx == tmp_path / "nets" / "model.onnx" and config.model.input_layout == "nhwc"
+    assert config.preprocess.size == (224, 224)  # a missing file sets no size; loading the model reports it
+    assert "exactly one" in _error({"model": {"onnx": "m.onnx", "torchvision": "resnet18"}}, tmp_path)
+    assert "holds the weights" in _error({"model": {"onnx": "m.onnx", "weights": "w.pt"}}, tmp_path)
+    assert "only applies to model.onnx" in _error(
+        {"model": {"torchvision": "resnet18", "input_layout": "nhwc"}}, tmp_path
+    )
+    assert "model.input_layout" in _error({"model": {"onnx": "m.onnx", "input_layout": "hwc"}}, tmp_path)
+
+
+def test_pixel_range_and_channel_order(tmp_path: Path) -> None:
+    base = {"torchvision": "resnet18"}
+    config = parse_config({"model": base, "preprocess": {"pixel_range": [0, 255], "channel_order": "bgr"}}, tmp_path)
+    assert config.preprocess.pixel_range == (0.0, 255.0) and config.preprocess.channel_order == "bgr"
+    assert "low < high" in _error({"model": base, "preprocess": {"pixel_range": [1, -1]}}, tmp_path)
+    assert "preprocess.channel_order" in _error({"model": base, "preprocess": {"channel_order": "grb"}}, tmp_path)
+
+
+def test_normalised_applies_pixel_range_and_channel_order(tmp_path: Path) -> None:
+    import torch
+
+    from gradcam_cli.pipeline import _normalised
+
+    pixels = torch.tensor([10, 128, 250], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 5)
+    default = parse_config({"model": {"torchvision": "resnet18"}}, tmp_path)
+    expected = (pixels.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
+    assert torch.equal(_normalised(pixels, default, torch.device("cpu")), expected)
+    caffe = parse_config(
+        {
+            "model": {"torchvision": "resnet18"},
+            "preprocess": {"pixel_range": [0, 255], "channel_order": "bgr", "mean": [1, 2, 3], "std": [1, 1, 2]},
+        },
+        tmp_path,
+    )
+    x = _normalised(pixels, caffe, torch.device("cpu"))
+    assert x.shape == (2, 3, 4, 5)
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([250 - 1, 128 - 2, (10 - 3) / 2]))  # B, G, R
+    tf_style = parse_config(
+        {"model": {"torchvision": "resnet18"}, "preprocess": {"pixel_range": [-1, 1], "mean": [0] * 3, "std": [1] * 3}},
+        tmp_path,
+    )
+    assert torch.allclose(
+        _normalised(pixels, tf_style, torch.device("cpu"))[0, :, 0, 0], pixels[0, :, 0, 0] / 127.5 - 1
+    )

@@ -20,16 +20,18 @@ def test_readme_config_reference_matches_schema() -> None:
         assert f"`{key}`" in README
 
 
-def test_readme_documents_every_run_option() -> None:
+@pytest.mark.parametrize("command", ["run", "compare", "init", "report", "layers"])
+def test_readme_documents_every_option(command: str) -> None:
     from typer.main import get_command
 
     from gradcam_cli.cli import app
 
-    run = get_command(app).commands["run"]  # type: ignore[attr-defined]
-    for param in run.params:
+    click_command = get_command(app).commands[command]  # type: ignore[attr-defined]
+    assert f"gradcam {command}" in README
+    for param in click_command.params:
         for option in param.opts:
             if option.startswith("--"):
-                assert option in README, f"{option} missing from README"
+                assert option in README, f"{command} {option} missing from README"
 
 
 def test_quick_start_is_two_commands() -> None:

@@ -87,6 +87,22 @@ def test_different_config_is_refused_unless_overwrite(config_file, image_folder:
     assert (tmp_path / "out" / "keep-me.txt").exists()
 
 
+def test_folders_of_an_older_version_stay_resumable(config_file, image_folder: Path, tmp_path: Path) -> None:
+    """An upgrade that adds config keys (at their defaults) must not orphan the output folders of cron jobs."""
+    assert gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q").exit_code == 0
+    run_info = tmp_path / "out" / "run.json"
+    info = json.loads(run_info.read_text())
+    del info["config"]["preprocess"]["channel_order"]  # as an older version wrote it: without the new keys
+    info["config_hash"] = "0" * 64
+    run_info.write_text(json.dumps(info))
+    again = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout.splitlines()[-1])["skipped"] == 3
+    run_info.write_text(json.dumps(info))
+    changed = gradcam("run", "-c", str(config_file(preprocess={"channel_order": "bgr"})), "-i", str(image_folder))
+    assert changed.exit_code == 2 and "preprocess.channel_order" in changed.stderr
+
+
 def test_torn_last_record_is_repaired(config_file, image_folder: Path, tmp_path: Path) -> None:
     config = str(config_file())
     assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0

@@ -13,6 +13,15 @@ import cv2
 import numpy as np
 
 
+def _file_mode() -> int:
+    umask = os.umask(0o022)  # read it (there is no getter) and put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_open(path: Path, durable: bool = False) -> Iterator[IO[bytes]]:
     """A binary handle on a temporary file in `path`'s folder, renamed over `path` on success.
@@ -22,6 +31,7 @@ def atomic_open(path: Path, durable: bool = False) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 files; results should be as readable as any other file
         with os.fdopen(fd, "wb") as handle:
             yield handle
             if durable:

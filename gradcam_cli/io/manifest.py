@@ -8,6 +8,7 @@ atomically from the records: every image exactly once (its latest record), in in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -143,26 +144,57 @@ def _latest_lines(records_path: Path) -> dict[str, tuple[int, bool]]:
     return latest
 
 
-def write_manifest(out_dir: Path, header: dict[str, Any], skipped: int = 0) -> Path:
+def latest_records(
+    records_paths: list[Path],
+) -> tuple[dict[str, tuple[int, int, bool]], dict[str, list[int]]]:
+    """The latest record line per path over several records files (the shards of one folder).
+
+    Returns, per path, (index of its file, byte offset, failed), and the paths found in more than one
+    file with those files' indices (a shard layout that changed between runs); of those, the last file
+    given wins in the first mapping.
+    """
+    latest: dict[str, tuple[int, int, bool]] = {}
+    duplicates: dict[str, list[int]] = {}
+    for index, records_path in enumerate(records_paths):
+        for path, (offset, is_error) in _latest_lines(records_path).items():
+            if path in latest:
+                duplicates.setdefault(path, [latest[path][0]]).append(index)
+            latest[path] = (index, offset, is_error)
+    return latest, duplicates
+
+
+def write_manifest(
+    out_dir: Path,
+    header: dict[str, Any],
+    skipped: int = 0,
+    records_files: list[Path] | None = None,
+    latest: dict[str, tuple[int, int, bool]] | None = None,
+) -> Path:
     """Write `manifest.json` atomically: the header (sorted keys) and every image's latest record.
 
     `summary` counts the images in the manifest (`total`, `ok`, `failed`) and how many of the ok ones
-    this run `skipped` because an earlier run had already explained them.
+    this run `skipped` because an earlier run had already explained them. `records_files` (default: the
+    folder's `records.jsonl`) lists the shards' records files when merging, with `latest` if the caller
+    already indexed them (`latest_records`).
     """
-    records_path = out_dir / RECORDS_NAME
-    latest = _latest_lines(records_path)
-    failed = sum(1 for _, is_error in latest.values() if is_error)
+    files = records_files if records_files is not None else [out_dir / RECORDS_NAME]
+    if latest is None:
+        latest, _ = latest_records(files)
+    failed = sum(1 for *_, is_error in latest.values() if is_error)
     counts = {"total": len(latest), "ok": len(latest) - failed, "failed": failed, "skipped": skipped}
     body = dict(header, schema_version=SCHEMA_VERSION, summary=counts)
     head = json.dumps(body, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
     path = out_dir / MANIFEST_NAME
-    with atomic_open(path, durable=True) as out:
+    with atomic_open(path, durable=True) as out, contextlib.ExitStack() as stack:
         out.write((head[: head.rstrip().rfind("}")].rstrip() + ',\n  "images": [').encode())
-        if latest:
-            with open(records_path, "rb") as records:
-                for index, image_path in enumerate(sorted(latest, key=path_order)):
-                    records.seek(latest[image_path][0])
-                    out.write((b"\n    " if index == 0 else b",\n    ") + records.readline().rstrip(b"\n"))
+        handles: dict[int, IO[bytes]] = {}
+        for index, image_path in enumerate(sorted(latest, key=path_order)):
+            file_index, offset, _ = latest[image_path]
+            if file_index not in handles:
+                handles[file_index] = stack.enter_context(open(files[file_index], "rb"))
+            records = handles[file_index]
+            records.seek(offset)
+            out.write((b"\n    " if index == 0 else b",\n    ") + records.readline().rstrip(b"\n"))
         out.write(b"\n  ]\n}\n")
     return path
 
@@ -178,3 +210,38 @@ def read_run_info(out_dir: Path) -> dict[str, Any] | None:
         return json.loads((out_dir / RUN_NAME).read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_manifest(out_dir: Path, role: str = "") -> dict[str, Any]:
+    """A finished run's manifest; a missing folder or manifest, bad JSON or another schema_version is a
+    GradcamError (exit 2) whose message starts with `role` ("baseline", "current") when given."""
+    from gradcam_cli.errors import GradcamError, InputError
+
+    where = f"{role} {out_dir}" if role else str(out_dir)
+    path = Path(out_dir) / MANIFEST_NAME
+    if not Path(out_dir).is_dir():
+        raise InputError(f"{where} is not a folder: give the output folder of `gradcam run`.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(
+            f"{where} has no {MANIFEST_NAME}: give the output folder of a finished `gradcam run` "
+            "(the manifest is written when a run ends; an interrupted run writes it when resumed)."
+        ) from None
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as error:
+        raise InputError(f"{path} is not valid JSON ({error}); re-run `gradcam run` to rewrite it.") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path} is not a gradcam manifest (expected a JSON object).")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise GradcamError(
+            f"{where}: {path} has schema_version {version!r}; this gradcam-cli reads schema_version "
+            f"{SCHEMA_VERSION}. Use the gradcam-cli version that wrote it, or re-run `gradcam run` into a new folder."
+        )
+    if not isinstance(manifest.get("images"), list):
+        raise InputError(f"{path} has no 'images' list; re-run `gradcam run` to rewrite it.")
+    return manifest

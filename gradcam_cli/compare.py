@@ -1,0 +1,302 @@
+"""`gradcam compare`: attention regression between two output folders (no torch here).
+
+Records are matched by `path`. Per image we compare the top-1 prediction and the heatmaps of the
+explained classes (paired by class index; the two top-ranked maps when the top class changed) with
+four drift measures on the 0..1 heatmaps at the original image size:
+
+- Pearson correlation (shape of the attention, blind to global gain),
+- mean absolute difference (how much attention moved, in heatmap units),
+- IoU of the two maps' top-20% regions (whether the hot spot is the same place),
+- the peak's shift in pixels (the centroid of each map's maximum).
+
+An image drifts when any measure is beyond its threshold (`compare:` config section or options).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gradcam_cli.config import CompareConfig
+from gradcam_cli.errors import ConfigError
+from gradcam_cli.io.manifest import read_manifest
+
+TOP_FRACTION = 0.2  # the "hot region" compared by IoU: each map's top 20% of pixels
+
+# Statuses, in the order a report lists them (worst first).
+FAILED = "failed"  # the current run could not explain an image the baseline explained
+DRIFT = "drift"
+MISSING_CURRENT = "missing-in-current"
+MISSING_BASELINE = "missing-in-baseline"
+BOTH_FAILED = "failed-both"
+PASS = "pass"
+STATUS_ORDER = (FAILED, DRIFT, MISSING_CURRENT, MISSING_BASELINE, BOTH_FAILED, PASS)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How one heatmap differs from its baseline."""
+
+    correlation: float
+    mean_abs_diff: float
+    iou: float
+    peak_shift: float | None  # pixels; None when either map is empty (no peak)
+
+
+@dataclass
+class ImageComparison:
+    """One image's verdict, with what a reviewer needs to see why."""
+
+    path: str
+    status: str
+    reasons: list[str] = field(default_factory=list)
+    baseline_label: str | None = None
+    current_label: str | None = None
+    baseline_score: float | None = None
+    current_score: float | None = None
+    drift: Drift | None = None  # the worst pair of heatmaps (lowest correlation)
+    baseline_record: dict[str, Any] | None = None
+    current_record: dict[str, Any] | None = None
+    baseline_cam: dict[str, Any] | None = None  # the worst pair's cam entries (for the HTML report)
+    current_cam: dict[str, Any] | None = None
+
+    @property
+    def failing(self) -> bool:
+        return self.status in (FAILED, DRIFT)
+
+    @property
+    def score_change(self) -> float | None:
+        if self.baseline_score is None or self.current_score is None:
+            return None
+        return self.current_score - self.baseline_score
+
+    def severity(self) -> tuple[int, float]:
+        """Sort key: status order, then the lowest correlation first."""
+        correlation = self.drift.correlation if self.drift is not None else 1.0
+        return (STATUS_ORDER.index(self.status), correlation)
+
+
+@dataclass
+class Comparison:
+    """The whole comparison: verdicts worst first, the thresholds used, and notes about the two runs."""
+
+    baseline_dir: Path
+    current_dir: Path
+    thresholds: CompareConfig
+    images: list[ImageComparison]
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for image in self.images if image.status == status)
+
+    @property
+    def failing(self) -> list[ImageComparison]:
+        return [image for image in self.images if image.failing]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failing else 0
+
+    def summary_line(self) -> str:
+        counts = ", ".join(f"{self.count(s)} {s}" for s in STATUS_ORDER if self.count(s))
+        verdict = "DRIFT" if self.failing else "OK"
+        return f"{verdict}: {len(self.images)} images compared ({counts or 'none'})."
+
+
+def heatmap_drift(baseline: np.ndarray, current: np.ndarray) -> Drift:
+    """Drift measures between two heatmaps of the same size (uint8 0..255 or float 0..1)."""
+    if baseline.shape != current.shape:
+        raise ValueError(f"heatmap sizes differ: {baseline.shape} vs {current.shape}")
+    a = _unit(baseline)
+    b = _unit(current)
+    return Drift(
+        correlation=_correlation(a, b),
+        mean_abs_diff=float(np.abs(a - b).mean()),
+        iou=_top_region_iou(a, b),
+        peak_shift=_peak_shift(a, b),
+    )
+
+
+def _unit(heatmap: np.ndarray) -> np.ndarray:
+    values = heatmap.astype(np.float64)
+    return values / 255.0 if heatmap.dtype == np.uint8 else values
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    da, db = a - a.mean(), b - b.mean()
+    norm = math.sqrt(float((da * da).sum()) * float((db * db).sum()))
+    if norm == 0.0:  # a flat map has no shape: identical flat maps agree, anything else does not
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float((da * db).sum() / norm)
+
+
+def _top_region(heatmap: np.ndarray) -> np.ndarray:
+    flat = heatmap.ravel()
+    k = max(1, int(round(flat.size * TOP_FRACTION)))
+    threshold = np.partition(flat, flat.size - k)[flat.size - k]
+    # Ties at the threshold join the region; an all-zero map has no hot region at all.
+    return (heatmap >= threshold) & (heatmap > 0)
+
+
+def _top_region_iou(a: np.ndarray, b: np.ndarray) -> float:
+    region_a, region_b = _top_region(a), _top_region(b)
+    union = int(np.count_nonzero(region_a | region_b))
+    return 1.0 if union == 0 else int(np.count_nonzero(region_a & region_b)) / union
+
+
+def _peak(heatmap: np.ndarray) -> tuple[float, float] | None:
+    peak = heatmap.max()
+    if peak <= 0:
+        return None
+    ys, xs = np.nonzero(heatmap == peak)  # a plateau's centre, so ties do not jump to a corner
+    return float(xs.mean()), float(ys.mean())
+
+
+def _peak_shift(a: np.ndarray, b: np.ndarray) -> float | None:
+    pa, pb = _peak(a), _peak(b)
+    if pa is None or pb is None:
+        return None
+    return math.hypot(pa[0] - pb[0], pa[1] - pb[1])
+
+
+@dataclass
+class RunResults:
+    """An output folder's manifest, indexed by path."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    records: dict[str, dict[str, Any]]
+
+
+def load_results(out_dir: Path, side: str) -> RunResults:
+    """Read `out_dir/manifest.json`; unusable folders are a ConfigError (exit 2) naming the side."""
+    manifest = read_manifest(Path(out_dir), side)
+    records = {r["path"]: r for r in manifest.get("images", []) if isinstance(r, dict) and "path" in r}
+    return RunResults(Path(out_dir), manifest, records)
+
+
+def _read_heatmap(run: RunResults, cam: dict[str, Any], path: str) -> np.ndarray:
+    relative = cam.get("heatmap")
+    if not relative:
+        raise ConfigError(
+            f"{run.out_dir}: record {path!r} has no heatmap file (output.heatmaps was false); compare needs "
+            "heatmaps on both sides."
+        )
+    try:
+        with Image.open(run.out_dir / relative) as image:
+            return np.asarray(image.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{run.out_dir}: heatmap {relative} of {path!r} cannot be read: {exc}.") from None
+
+
+def _pairs(baseline: dict[str, Any], current: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Heatmaps to compare: the same class on both sides; the top-ranked maps if their classes differ."""
+    by_class = {cam["class_index"]: cam for cam in current.get("cams", [])}
+    paired = False
+    for cam in baseline.get("cams", []):
+        if cam["class_index"] in by_class:
+            paired = True
+            yield cam, by_class[cam["class_index"]]
+    if not paired and baseline.get("cams") and current.get("cams"):
+        yield baseline["cams"][0], current["cams"][0]
+
+
+def _top(record: dict[str, Any]) -> tuple[str | None, float | None, int | None]:
+    predictions = record.get("predictions") or []
+    if not predictions:
+        return None, None, None
+    return predictions[0].get("label"), predictions[0].get("score"), predictions[0].get("class_index")
+
+
+def compare_image(baseline: RunResults, current: RunResults, path: str, limits: CompareConfig) -> ImageComparison:
+    """The verdict for one path present on both sides."""
+    old, new = baseline.records[path], current.records[path]
+    result = ImageComparison(path=path, status=PASS, baseline_record=old, current_record=new)
+    result.baseline_label, result.baseline_score, old_class = _top(old)
+    result.current_label, result.current_score, new_class = _top(new)
+    if new.get("status") != "ok":
+        result.status = BOTH_FAILED if old.get("status") != "ok" else FAILED
+        error = new.get("error") or {}
+        result.reasons.append(f"current run failed: {error.get('type', 'error')}: {error.get('message', '')}")
+        return result
+    if old.get("status") != "ok":
+        result.reasons.append("baseline had failed; now explained")
+        return result
+    if old_class != new_class and not limits.allow_label_change:
+        result.reasons.append(f"top-1 class changed: {result.baseline_label} -> {result.current_label}")
+    change = result.score_change
+    if limits.max_score_change is not None and change is not None and abs(change) > limits.max_score_change:
+        result.reasons.append(f"top-1 score changed by {change:+.3f} (limit {limits.max_score_change})")
+    for old_cam, new_cam in _pairs(old, new):
+        a, b = _read_heatmap(baseline, old_cam, path), _read_heatmap(current, new_cam, path)
+        if a.shape != b.shape:
+            result.reasons.append(f"heatmap size changed: {a.shape[1]}x{a.shape[0]} -> {b.shape[1]}x{b.shape[0]}")
+            continue
+        drift = heatmap_drift(a, b)
+        if result.drift is None or drift.correlation < result.drift.correlation:
+            result.drift, result.baseline_cam, result.current_cam = drift, old_cam, new_cam
+        result.reasons.extend(_beyond(drift, limits, new_cam.get("label", new_cam["class_index"])))
+    if result.reasons:
+        result.status = DRIFT
+    return result
+
+
+def _beyond(drift: Drift, limits: CompareConfig, label: Any) -> list[str]:
+    reasons = []
+    if drift.correlation < limits.min_correlation:
+        reasons.append(f"[{label}] correlation {drift.correlation:.3f} < {limits.min_correlation}")
+    if drift.mean_abs_diff > limits.max_mean_abs_diff:
+        reasons.append(f"[{label}] mean abs diff {drift.mean_abs_diff:.3f} > {limits.max_mean_abs_diff}")
+    if drift.iou < limits.min_iou:
+        reasons.append(f"[{label}] top-20% IoU {drift.iou:.3f} < {limits.min_iou}")
+    shift = drift.peak_shift
+    if limits.max_peak_shift is not None and shift is not None and shift > limits.max_peak_shift:
+        reasons.append(f"[{label}] peak moved {shift:.1f} px > {limits.max_peak_shift}")
+    return reasons
+
+
+def _config_notes(baseline: RunResults, current: RunResults) -> list[str]:
+    notes = []
+    for key in ("method", "target_layer", "targets", "precision", "device"):
+        old, new = baseline.manifest.get(key), current.manifest.get(key)
+        if old != new:
+            notes.append(f"{key} differs: {old} -> {new}")
+    if baseline.manifest.get("config_hash") != current.manifest.get("config_hash") and not notes:
+        notes.append("the configs differ (config_hash), e.g. in weights or preprocessing")
+    return notes
+
+
+def compare_runs(baseline_dir: Path, current_dir: Path, limits: CompareConfig) -> Comparison:
+    """Compare two output folders; raises ConfigError when they cannot be compared (exit 2)."""
+    baseline = load_results(baseline_dir, "baseline")
+    current = load_results(current_dir, "current")
+    only_baseline = sorted(set(baseline.records) - set(current.records))
+    only_current = sorted(set(current.records) - set(baseline.records))
+    if (only_baseline or only_current) and not limits.allow_missing:
+        shown = [f"missing in current: {p}" for p in only_baseline[:5]] + [
+            f"missing in baseline: {p}" for p in only_current[:5]
+        ]
+        raise ConfigError(
+            f"the two runs explain different image sets ({len(only_baseline)} only in the baseline, "
+            f"{len(only_current)} only in the current run; {'; '.join(shown)}). Run both on the same inputs, "
+            "or pass --allow-missing (compare.allow_missing: true) to report them instead."
+        )
+    images = [compare_image(baseline, current, p, limits) for p in baseline.records if p in current.records]
+    images += [
+        ImageComparison(path=p, status=MISSING_CURRENT, reasons=["not in the current run"]) for p in only_baseline
+    ]
+    images += [ImageComparison(path=p, status=MISSING_BASELINE, reasons=["not in the baseline"]) for p in only_current]
+    images.sort(key=lambda image: (*image.severity(), image.path))
+    return Comparison(
+        baseline_dir=Path(baseline_dir),
+        current_dir=Path(current_dir),
+        thresholds=limits,
+        images=images,
+        notes=_config_notes(baseline, current),
+    )

@@ -1,0 +1,247 @@
+"""`gradcam compare`: drift measures, verdicts, exit codes and the four reports."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gradcam_cli.cli import app
+from gradcam_cli.compare import compare_runs, heatmap_drift
+from gradcam_cli.config import CompareConfig
+from gradcam_cli.errors import ConfigError
+from tests.conftest import write_yaml
+
+runner = CliRunner()
+
+
+def blob(center: tuple[int, int], size: tuple[int, int] = (48, 64), sigma: float = 6.0) -> np.ndarray:
+    """A uint8 Gaussian heatmap (H, W) peaking at center = (x, y)."""
+    height, width = size
+    ys, xs = np.mgrid[0:height, 0:width]
+    values = np.exp(-((xs - center[0]) ** 2 + (ys - center[1]) ** 2) / (2 * sigma**2))
+    return np.round(255 * values / values.max()).astype(np.uint8)
+
+
+def record(path: str, label: str, score: float = 0.9, status: str = "ok") -> dict[str, Any]:
+    classes = {"cat": 0, "dog": 1}
+    cams = [
+        {
+            "rank": 0,
+            "class_index": classes[label],
+            "label": label,
+            "score": score,
+            "heatmap": f"heatmaps/{path}.png",
+            "overlay": None,
+        }
+    ]
+    return {
+        "path": path,
+        "source": f"/nowhere/{path}",
+        "archive": None,
+        "status": status,
+        "predictions": [{"class_index": classes[label], "label": label, "score": score}] if status == "ok" else [],
+        "cams": cams if status == "ok" else [],
+        "error": None if status == "ok" else {"type": "decode", "message": "truncated file"},
+    }
+
+
+def fake_run(folder: Path, images: dict[str, tuple[str, np.ndarray | None]], schema: int = 1) -> Path:
+    """An output folder as `gradcam run` leaves it: manifest.json and heatmaps/ (no overlays)."""
+    records = []
+    for path, (label, heatmap) in images.items():
+        records.append(record(path, label) if heatmap is not None else record(path, label, status="error"))
+        if heatmap is not None:
+            target = folder / "heatmaps" / f"{path}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(heatmap).save(target)
+    manifest = {"schema_version": schema, "method": "gradcam", "config_hash": "x" * 64, "images": records}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_identical_heatmaps_do_not_drift() -> None:
+    drift = heatmap_drift(blob((20, 20)), blob((20, 20)))
+    assert drift.correlation == pytest.approx(1.0)
+    assert drift.mean_abs_diff == 0.0 and drift.iou == 1.0 and drift.peak_shift == 0.0
+
+
+def test_moved_blob_measures_the_shift() -> None:
+    drift = heatmap_drift(blob((20, 20)), blob((50, 24)))
+    assert drift.peak_shift == pytest.approx(np.hypot(30, 4))
+    assert drift.correlation < 0.2 and drift.iou < 0.1
+    assert 0.05 < drift.mean_abs_diff < 0.5
+
+
+def test_gain_change_keeps_correlation_but_not_mean_difference() -> None:
+    base = blob((30, 20))
+    dimmer = (base.astype(np.float32) * 0.5).round().astype(np.uint8)
+    drift = heatmap_drift(base, dimmer)
+    assert drift.correlation > 0.999
+    assert drift.mean_abs_diff > 0.01
+
+
+def test_flat_and_empty_maps() -> None:
+    zeros = np.zeros((10, 10), np.uint8)
+    assert heatmap_drift(zeros, zeros).correlation == 1.0
+    assert heatmap_drift(zeros, zeros).iou == 1.0 and heatmap_drift(zeros, zeros).peak_shift is None
+    assert heatmap_drift(zeros, blob((5, 5), (10, 10))).correlation == 0.0
+    with pytest.raises(ValueError, match="sizes differ"):
+        heatmap_drift(zeros, np.zeros((10, 11), np.uint8))
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    baseline = fake_run(
+        tmp_path / "baseline",
+        {
+            "same.jpg": ("cat", blob((20, 20))),
+            "moved.jpg": ("cat", blob((20, 20))),
+            "relabelled.jpg": ("cat", blob((30, 30))),
+            "broken.jpg": ("dog", blob((10, 10))),
+            "sub/nearly.jpg": ("dog", blob((40, 10))),
+        },
+    )
+    current = fake_run(
+        tmp_path / "current",
+        {
+            "same.jpg": ("cat", blob((20, 20))),
+            "moved.jpg": ("cat", blob((50, 30))),
+            "relabelled.jpg": ("dog", blob((30, 30))),
+            "broken.jpg": ("dog", None),
+            "sub/nearly.jpg": ("dog", blob((41, 10))),
+        },
+    )
+    return baseline, current
+
+
+def test_verdicts_worst_first(two_runs: tuple[Path, Path]) -> None:
+    comparison = compare_runs(*two_runs, CompareConfig())
+    statuses = {image.path: image.status for image in comparison.images}
+    assert statuses == {
+        "same.jpg": "pass",
+        "moved.jpg": "drift",
+        "relabelled.jpg": "drift",
+        "broken.jpg": "failed",
+        "sub/nearly.jpg": "pass",
+    }
+    assert [image.path for image in comparison.images[:3]] == ["broken.jpg", "moved.jpg", "relabelled.jpg"]
+    relabelled = next(image for image in comparison.images if image.path == "relabelled.jpg")
+    assert relabelled.reasons == ["top-1 class changed: cat -> dog"]  # the heatmaps themselves agree
+    assert comparison.exit_code == 1
+
+
+def test_thresholds_and_allowances(two_runs: tuple[Path, Path]) -> None:
+    lenient = CompareConfig(allow_label_change=True, min_correlation=-1, max_mean_abs_diff=1, min_iou=0)
+    statuses = {image.path: image.status for image in compare_runs(*two_runs, lenient).images}
+    assert statuses["moved.jpg"] == statuses["relabelled.jpg"] == "pass"
+    assert statuses["broken.jpg"] == "failed"  # an image the current run could not explain always fails
+    strict = CompareConfig(max_peak_shift=0.5)
+    nearly = next(i for i in compare_runs(*two_runs, strict).images if i.path == "sub/nearly.jpg")
+    assert nearly.status == "drift" and "peak moved 1.0 px" in nearly.reasons[0]
+
+
+def test_different_image_sets_need_allow_missing(tmp_path: Path) -> None:
+    baseline = fake_run(tmp_path / "a", {"one.jpg": ("cat", blob((5, 5))), "two.jpg": ("cat", blob((5, 5)))})
+    current = fake_run(tmp_path / "b", {"one.jpg": ("cat", blob((5, 5))), "three.jpg": ("cat", blob((5, 5)))})
+    with pytest.raises(ConfigError, match="different image sets.*missing in current: two.jpg"):
+        compare_runs(baseline, current, CompareConfig())
+    comparison = compare_runs(baseline, current, CompareConfig(allow_missing=True))
+    assert {i.path: i.status for i in comparison.images} == {
+        "one.jpg": "pass",
+        "two.jpg": "missing-in-current",
+        "three.jpg": "missing-in-baseline",
+    }
+    assert comparison.exit_code == 0  # reported, not drift
+
+
+def test_unusable_inputs_exit_2(tmp_path: Path) -> None:
+    good = fake_run(tmp_path / "good", {"one.jpg": ("cat", blob((5, 5)))})
+    old = fake_run(tmp_path / "old", {"one.jpg": ("cat", blob((5, 5)))}, schema=0)
+    result = runner.invoke(app, ["compare", str(tmp_path / "nothing"), str(good)])
+    assert result.exit_code == 2 and "baseline" in result.output and "not a folder" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["compare", str(good), str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "current" in result.output and "no manifest.json" in result.output
+    result = runner.invoke(app, ["compare", str(good), str(old)])
+    assert result.exit_code == 2 and "schema_version 0" in result.output
+    (good / "heatmaps" / "one.jpg.png").unlink()
+    result = runner.invoke(app, ["compare", str(good), str(good)])
+    assert result.exit_code == 2 and "heatmap heatmaps/one.jpg.png" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_thresholds_from_config_and_options(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    baseline, current = (str(p) for p in two_runs)
+    config = write_yaml(tmp_path / "thresholds.yaml", {"compare": {"allow_label_change": True}})
+    result = runner.invoke(app, ["compare", baseline, current, "-c", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "relabelled.jpg" not in result.output.split("DRIFT")[0].split("thresholds")[1]
+    result = runner.invoke(app, ["compare", baseline, current, "--min-correlation", "1.5"])
+    assert result.exit_code == 2 and "min_correlation" in result.output
+    bad = write_yaml(tmp_path / "bad.yaml", {"compare": {"min_corelation": 0.9}})
+    result = runner.invoke(app, ["compare", baseline, current, "-c", str(bad)])
+    assert result.exit_code == 2 and "did you mean 'min_correlation'" in result.output
+
+
+def test_reports(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    baseline, current = (str(p) for p in two_runs)
+    reports = tmp_path / "reports"
+    args = ["--junit", str(reports / "junit.xml"), "--markdown", str(reports / "summary.md")]
+    result = runner.invoke(app, ["compare", baseline, current, *args, "--html", str(reports / "compare.html")])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[-1] == "DRIFT: 5 images compared (1 failed, 2 drift, 2 pass)."
+    table = [line.split()[0] for line in lines if line.split()[:1] in (["failed"], ["drift"])]
+    assert table == ["failed", "drift", "drift"]
+
+    suite = ET.parse(reports / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "5" and suite.get("failures") == "3"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert set(cases) == {"same.jpg", "moved.jpg", "relabelled.jpg", "broken.jpg", "sub/nearly.jpg"}
+    assert cases["moved.jpg"].find("failure") is not None and cases["same.jpg"].find("failure") is None
+
+    summary = (reports / "summary.md").read_text()
+    assert summary.startswith("### Grad-CAM attention check: drift in 3 of 5 images")
+    assert "| failed | `broken.jpg` |" in summary
+
+    page = (reports / "compare.html").read_text()
+    assert page.count('class="card"') == 3  # one card per failing image
+    assert "data:image/jpeg;base64," in page and "http" not in page.replace("http-equiv", "")
+    assert "truncated file" in page
+
+
+def test_html_escapes_paths(tmp_path: Path) -> None:
+    name = "<script>alert(1)</script>.jpg"
+    baseline = fake_run(tmp_path / "a", {name: ("cat", blob((5, 5)))})
+    current = fake_run(tmp_path / "b", {name: ("cat", blob((40, 40)))})
+    from gradcam_cli.compare_reports import html_page
+
+    page = html_page(compare_runs(baseline, current, CompareConfig()))
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_html_report_renders_in_chromium(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.browser import artifact, chromium_page
+
+    page_path = tmp_path / "compare.html"
+    result = runner.invoke(app, ["compare", *(str(p) for p in two_runs), "--html", str(page_path), "-q"])
+    assert result.exit_code == 1, result.output
+    with chromium_page(width=1200, height=900) as page:
+        page.open(page_path)
+        images = page.run_js(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])"
+        )
+        assert len(images) == 7  # 3 for each drifting image, the baseline only for the failed one
+        assert all(complete and width > 0 for complete, width, _ in images), images
+        assert page.run_js("return document.querySelectorAll('section.card').length") == 3
+        assert page.run_js("return document.querySelectorAll('tbody tr').length") == 5
+        assert page.console_errors() == []
+        page.screenshot(artifact("compare.png"), full_page=True)

@@ -1,0 +1,227 @@
+"""Shards (--shard K/N) in one output folder, and `gradcam merge`: same manifest as a single run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gradcam_cli.cli import app
+from gradcam_cli.errors import ConfigError
+from gradcam_cli.io.lock import OutputLock
+from gradcam_cli.shards import parse_shard, shard_of
+from tests.conftest import ASSETS, REPO, random_image
+
+runner = CliRunner()
+VOLATILE = ("started_at", "finished_at")  # timestamps differ between any two runs
+
+
+def gradcam(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def comparable(data: dict) -> dict:
+    """A manifest without what legitimately differs between two output folders and two runs."""
+    data = {k: v for k, v in data.items() if k not in VOLATILE}
+    data["config"] = dict(data["config"], output={k: v for k, v in data["config"]["output"].items() if k != "dir"})
+    return data
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for sub in ("heatmaps", "overlays")
+        for p in (out / sub).rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def many_images(image_folder: Path) -> Path:
+    for i in range(9):
+        random_image(image_folder / f"d{i % 3}" / f"{i:02d}.png", 30 + 3 * i, 24 + 2 * i, seed=20 + i)
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return image_folder
+
+
+def test_parse_shard_and_stable_assignment() -> None:
+    assert parse_shard("0/4") == parse_shard(" 0 / 4 ") and parse_shard("3/4").label == "3/4"
+    for bad in ("4/4", "1-4", "0/0", "-1/4", "a/b", "2"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
+    # sha256 of the record path mod N: fixed values, so a growing archive keeps its assignment
+    assert [shard_of(p, 3) for p in ("a.jpg", "a.png", "sub/b.png")] == [1, 2, 2]
+    assert shard_of("photos/2024/img_00001.jpg", 8) == 2
+    paths = [f"dir{i % 7}/img_{i:05d}.jpg" for i in range(3000)]
+    counts = [sum(1 for p in paths if shard_of(p, 4) == k) for k in range(4)]
+    assert sum(counts) == 3000 and min(counts) > 650  # a partition, roughly balanced
+
+
+def test_bad_shard_option_is_a_usage_error(config_file, image_folder: Path, tmp_path: Path) -> None:
+    for bad in ("3/3", "1of3"):
+        result = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "--shard", bad)
+        assert result.exit_code == 2 and "--shard" in result.stderr and "0-based" in result.stderr, result.output
+    overwrite = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "--shard", "0/2", "--overwrite")
+    assert overwrite.exit_code == 2 and "--overwrite cannot be combined with --shard" in overwrite.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_three_shards_merge_into_the_single_run_manifest(config_file, many_images: Path, tmp_path: Path) -> None:
+    # One image per batch: a shard's batches hold other images than a single run's, and batched CPU kernels
+    # are not bit-identical across batch compositions (raw_max can differ in its last bits; the heatmaps
+    # usually do not). With batch 1 both runs compute exactly the same, so records must be equal exactly.
+    config = str(config_file(runtime={"batch_size": 1}))
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert gradcam("run", "-c", config, "-i", str(many_images), "-o", str(single), "-q").exit_code == 1
+
+    codes = [gradcam("run", "-c", config, "-i", str(many_images), "-o", str(sharded), "--shard", f"{k}/3").exit_code
+             for k in (0, 1)]
+    assert set(codes) <= {0, 1}
+    assert not (sharded / "manifest.json").exists()  # shard 2 has not run: no manifest yet
+    early = gradcam("merge", str(sharded))
+    assert early.exit_code == 2 and "2/3" in early.stderr and "not completed" in early.stderr
+
+    dry = gradcam("run", "-c", config, "-i", str(many_images), "-o", str(sharded), "--shard", "2/3", "--dry-run")
+    listed = [line.split()[1] for line in dry.stdout.splitlines() if line.startswith("process")]
+    assert listed and all(shard_of(path, 3) == 2 for path in listed)
+    assert "in other shards" in dry.stderr
+
+    last = gradcam("run", "-c", config, "-i", str(many_images), "-o", str(sharded), "--shard", "2/3")
+    assert last.exit_code in (0, 1) and "merged 3 shards" in last.stderr, last.output
+    expected = manifest(single)
+    assert comparable(manifest(sharded)) == comparable(expected)  # records, order, summary, header
+    assert expected["summary"] == {"total": 13, "ok": 12, "failed": 1, "skipped": 0}
+    assert output_files(sharded) == output_files(single)  # heatmaps and overlays, byte for byte
+    for k in range(3):
+        assert (sharded / f"records.shard-{k}-of-3.jsonl").exists()
+        assert (sharded / f"complete.shard-{k}-of-3.json").exists()
+    assert not (sharded / "records.jsonl").exists()
+
+    merged = gradcam("merge", str(sharded), "--json")
+    assert merged.exit_code == 0 and json.loads(merged.stdout)["total"] == 13
+    assert comparable(manifest(sharded)) == comparable(expected)
+
+    # resume per shard: nothing left to do in shard 1, and the merge still gives the same records
+    again = gradcam("run", "-c", config, "-i", str(many_images), "-o", str(sharded), "--shard", "1/3", "-q", "--json")
+    mine = sum(1 for line in (sharded / "records.shard-1-of-3.jsonl").read_text().splitlines() if '"ok"' in line)
+    assert json.loads(again.stdout)["ok"] == 0 and json.loads(again.stdout)["skipped"] == mine
+    assert manifest(sharded)["images"] == expected["images"]
+
+
+def test_merge_detects_duplicates_and_mixed_configs(config_file, image_folder: Path, tmp_path: Path) -> None:
+    config = str(config_file())
+    out = tmp_path / "out"
+    for k in range(2):
+        assert gradcam("run", "-c", config, "-i", str(image_folder), "--shard", f"{k}/2", "-q").exit_code == 0
+    assert manifest(out)["summary"]["total"] == 3
+
+    other = str(config_file(cam={"method": "layercam"}))
+    refused = gradcam("run", "-c", other, "-i", str(image_folder), "--shard", "0/2", "-q")
+    assert refused.exit_code == 2 and "different config" in refused.stderr and "cam.method" in refused.stderr
+    config_file()  # the fixture writes one file: back to the first config
+
+    marker = out / "complete.shard-1-of-2.json"
+    data = json.loads(marker.read_text())
+    marker.write_text(json.dumps(dict(data, config_hash="0" * 64)))  # e.g. a folder assembled by hand
+    mixed = gradcam("merge", str(out))
+    assert mixed.exit_code == 2 and "1/2" in mixed.stderr and "config" in mixed.stderr
+    marker.write_text(json.dumps(data))
+
+    # the shard count changes between runs: every image is redone under N=3, and the merge refuses
+    for k in range(3):
+        result = gradcam("run", "-c", config, "-i", str(image_folder), "--shard", f"{k}/3", "-q")
+        assert result.exit_code == 0
+    assert "more than one records file" in result.stderr and "warning" in result.stderr  # the last shard says so
+    duplicated = gradcam("merge", str(out))
+    assert duplicated.exit_code == 2 and "more than one records file" in duplicated.stderr
+    assert "-of-2.jsonl and records.shard-" in duplicated.stderr
+    for k in range(2):
+        (out / f"records.shard-{k}-of-2.jsonl").unlink()
+        (out / f"complete.shard-{k}-of-2.json").unlink()
+    assert gradcam("merge", str(out)).exit_code == 0
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert gradcam("merge", str(empty)).exit_code == 2
+
+
+def test_plain_runs_and_shards_exclude_each_other(config_file, image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    config = str(config_file())
+    with OutputLock(out, shared=True):  # a shard at work
+        plain = gradcam("run", "-c", config, "-i", str(image_folder), "-q")
+        assert plain.exit_code == 3 and "another gradcam run" in plain.stderr
+        assert gradcam("run", "-c", config, "-i", str(image_folder), "--shard", "0/2", "-q").exit_code == 0
+    with OutputLock(out, ".gradcam.shard-1-of-2.lock"):  # the same shard twice
+        assert gradcam("run", "-c", config, "-i", str(image_folder), "--shard", "1/2", "-q").exit_code == 3
+    with OutputLock(out):  # a plain run at work
+        assert gradcam("run", "-c", config, "-i", str(image_folder), "--shard", "1/2", "-q").exit_code == 3
+        assert gradcam("merge", str(out)).exit_code == 3
+
+
+# ------------------------------------------------------------------ real processes, real signals
+def _slow_command(tmp_path: Path, tiny_weights: Path, shard: str) -> tuple[list[str], Path]:
+    folder = tmp_path / "many"
+    if not folder.exists():
+        for i in range(24):  # shard 0/2 gets 8 of these names, shard 1/2 gets 16
+            random_image(folder / f"{i:02d}.png", 40, 30, seed=i)
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {
+                    "factory": str(ASSETS / "tiny_models.py") + ":build_slow",
+                    "weights": str(tiny_weights),
+                    "target_layer": "features.3",
+                },
+                "preprocess": {"size": [32, 32]},
+                "runtime": {"batch_size": 1, "workers": 0, "device": "cpu"},
+            }
+        )
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "gradcam_cli.cli", "run", "-c", str(config), "-i", str(folder), "-o", str(out)]
+    return [*command, "--shard", shard], out
+
+
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def test_concurrent_shards_and_an_interrupted_one(tmp_path: Path, tiny_weights: Path) -> None:
+    first, out = _slow_command(tmp_path, tiny_weights, "0/2")
+    second, _ = _slow_command(tmp_path, tiny_weights, "1/2")
+    processes = [subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in (first, second)]
+    deadline = time.time() + 120
+    while time.time() < deadline:  # both write records into the same folder at the same time
+        if _lines(out / "records.shard-0-of-2.jsonl") >= 1 and _lines(out / "records.shard-1-of-2.jsonl") >= 2:
+            break
+        assert all(p.poll() is None for p in processes), "a shard ended before both were running"
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGINT)  # shard 1 (16 images) is interrupted mid-way
+    results = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 130], [r[1].decode()[-2000:] for r in results]
+    assert (out / "complete.shard-0-of-2.json").exists() and not (out / "complete.shard-1-of-2.json").exists()
+    assert not (out / "manifest.json").exists()
+    waiting = gradcam("merge", str(out))
+    assert waiting.exit_code == 2 and "1/2" in waiting.stderr
+
+    finished = gradcam(*second[3:])  # resume shard 1, in this process (saves a Python start)
+    assert finished.exit_code == 0 and "merged 2 shards" in finished.stderr, finished.output
+    images = manifest(out)["images"]
+    assert [r["path"] for r in images] == [f"{i:02d}.png" for i in range(24)]
+    assert all(r["status"] == "ok" for r in images)
+    for record in images:
+        Image.open(out / record["cams"][0]["heatmap"]).load()
