@@ -245,11 +245,13 @@ def layers(config: ConfigOption) -> None:
 
     auto = auto_layer(infos)
     width_name = max((len(info.name) for info in infos), default=5)
-    typer.echo(f"{'layer':<{width_name}}  {'type':<24} {'output shape':<20} {'target':<6} layout")
+    width_kind = max([len("type"), *(len(info.kind) for info in infos)])  # ONNX converter classes run long
+    typer.echo(f"{'layer':<{width_name}}  {'type':<{width_kind}} {'output shape':<20} {'target':<6} layout")
     for info in infos:
         mark = "auto" if info.name == auto else ("yes" if info.spatial else "")
         shape = "x".join(str(d) for d in info.shape) if info.shape else "-"
-        typer.echo(f"{info.name:<{width_name}}  {info.kind:<24} {shape:<20} {mark:<6} {info.layout or ''}".rstrip())
+        row = f"{info.name:<{width_name}}  {info.kind:<{width_kind}} {shape:<20} {mark:<6} {info.layout or ''}"
+        typer.echo(row.rstrip())
 
 
 @app.command()

@@ -40,7 +40,15 @@ from gradcam_cli.io.manifest import (
     repair_records,
     write_manifest,
 )
-from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW, OutputJob, output_name, write_outputs
+from gradcam_cli.io.outputs import (
+    HEATMAPS,
+    OVERLAYS,
+    RAW,
+    OutputJob,
+    output_name,
+    thumbnail_name,
+    write_outputs,
+)
 from gradcam_cli.models import (
     LoadedModel,
     fuse_conv_batchnorm,
@@ -357,6 +365,7 @@ def render_batch(
             colormap=config.output.colormap,
             alpha=config.output.alpha,
             compression=config.output.png_compression,
+            thumbnail=thumbnail_name(item.source.path) if config.output.report else None,
         )
         if config.output.raw:
             raw = result.raw[row]

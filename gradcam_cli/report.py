@@ -29,11 +29,9 @@ import numpy as np
 from gradcam_cli.errors import OutputError
 from gradcam_cli.io.files import atomic_write_bytes, inside
 from gradcam_cli.io.manifest import read_manifest
+from gradcam_cli.io.outputs import THUMBNAIL_SIZE, thumbnail_jpeg, thumbnail_name
 
 REPORT_NAME = "index.html"
-THUMBNAILS = "thumbnails"
-THUMBNAIL_SIZE = 160  # long side, pixels
-THUMBNAIL_QUALITY = 85
 PAGE_SIZE = 200
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")  # what quote() leaves alone: most names skip it
 
@@ -95,11 +93,6 @@ def thumbnail_source(within: _Within, record: dict[str, Any]) -> str | None:
     return _existing(within, cams[0].get("overlay")) or _existing(within, cams[0].get("heatmap"))
 
 
-def thumbnail_name(image_path: str) -> str:
-    """`thumbnails/<path>.jpg`, relative to the output folder (mirrors heatmaps/ and overlays/)."""
-    return f"{THUMBNAILS}/{image_path}.jpg"
-
-
 def make_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> bytes:
     """JPEG bytes of an encoded image scaled (INTER_AREA) to `size` pixels on its long side; never enlarged."""
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -109,15 +102,7 @@ def make_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> bytes:
         pixels = (pixels >> 8).astype(np.uint8)
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
-    height, width = pixels.shape[:2]
-    scale = size / max(height, width)
-    if scale < 1:
-        shape = (max(1, round(width * scale)), max(1, round(height * scale)))
-        pixels = cv2.resize(pixels, shape, interpolation=cv2.INTER_AREA)
-    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return encoded.tobytes()
+    return thumbnail_jpeg(pixels, size)
 
 
 def _make_thumbnail(within: _Within, name: str, source: str) -> bool:

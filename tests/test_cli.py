@@ -252,8 +252,16 @@ def test_output_report_writes_the_gallery_after_the_run(config_file, image_folde
     assert result.exit_code == 0, result.output
     page = (tmp_path / "out" / "index.html").read_text()
     assert "sub/b.png" in page
-    assert len(list((tmp_path / "out" / "thumbnails").rglob("*.jpg"))) == 3
+    thumbnails = sorted((tmp_path / "out" / "thumbnails").rglob("*.jpg"))
+    assert len(thumbnails) == 3
+    # Made by the run from the overlay in memory: the same bytes the report makes from the PNG, and current.
+    from gradcam_cli.report import make_thumbnail
+
+    overlay = tmp_path / "out" / "overlays" / "sub" / "b.png.png"
+    assert (tmp_path / "out" / "thumbnails" / "sub" / "b.png.jpg").read_bytes() == make_thumbnail(overlay.read_bytes())
+    made = [t.stat().st_mtime_ns for t in thumbnails]
     result = gradcam("report", str(tmp_path / "out"))
     assert result.exit_code == 0 and "index.html" in result.output
+    assert [t.stat().st_mtime_ns for t in thumbnails] == made
     result = gradcam("report", str(tmp_path / "nothing-here"))
     assert result.exit_code == 2 and "Traceback" not in result.output
