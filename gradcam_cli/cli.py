@@ -213,6 +213,12 @@ def merge(
 
     try:
         path, counts = merge_shards(out_dir)
+        from gradcam_cli.io.manifest import read_run_info
+
+        if ((read_run_info(path.parent) or {}).get("config") or {}).get("output", {}).get("report"):
+            from gradcam_cli.report import write_report  # output.report: true, as the last shard would
+
+            write_report(path.parent)
     except GradcamError as error:
         raise _fail(error) from None
     typer.echo(

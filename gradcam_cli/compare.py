@@ -25,6 +25,7 @@ from PIL import Image
 
 from gradcam_cli.config import CompareConfig
 from gradcam_cli.errors import ConfigError
+from gradcam_cli.io.files import inside
 from gradcam_cli.io.manifest import read_manifest
 
 TOP_FRACTION = 0.2  # the "hot region" compared by IoU: each map's top 20% of pixels
@@ -181,15 +182,27 @@ def load_results(out_dir: Path, side: str) -> RunResults:
     return RunResults(Path(out_dir), manifest, records)
 
 
+def result_file(out_dir: Path, relative: Any) -> Path | None:
+    """A file a manifest names, only if it lies inside its output folder (a manifest is data, not trusted)."""
+    if not isinstance(relative, str) or not relative:
+        return None
+    try:
+        return inside(out_dir, relative)
+    except ValueError:
+        return None
+
+
 def _read_heatmap(run: RunResults, cam: dict[str, Any], path: str) -> np.ndarray:
     relative = cam.get("heatmap")
+    if result_file(run.out_dir, relative) is None and relative:
+        raise ConfigError(f"{run.out_dir}: record {path!r} names a heatmap outside its output folder: {relative!r}.")
     if not relative:
         raise ConfigError(
             f"{run.out_dir}: record {path!r} has no heatmap file (output.heatmaps was false); compare needs "
             "heatmaps on both sides."
         )
     try:
-        with Image.open(run.out_dir / relative) as image:
+        with Image.open(inside(run.out_dir, relative)) as image:
             return np.asarray(image.convert("L"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{run.out_dir}: heatmap {relative} of {path!r} cannot be read: {exc}.") from None
@@ -197,19 +210,25 @@ def _read_heatmap(run: RunResults, cam: dict[str, Any], path: str) -> np.ndarray
 
 def _pairs(baseline: dict[str, Any], current: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Heatmaps to compare: the same class on both sides; the top-ranked maps if their classes differ."""
-    by_class = {cam["class_index"]: cam for cam in current.get("cams", [])}
+    old_cams, new_cams = _cams(baseline), _cams(current)
+    by_class = {cam.get("class_index"): cam for cam in new_cams}
     paired = False
-    for cam in baseline.get("cams", []):
-        if cam["class_index"] in by_class:
+    for cam in old_cams:
+        if cam.get("class_index") in by_class:
             paired = True
-            yield cam, by_class[cam["class_index"]]
-    if not paired and baseline.get("cams") and current.get("cams"):
-        yield baseline["cams"][0], current["cams"][0]
+            yield cam, by_class[cam.get("class_index")]
+    if not paired and old_cams and new_cams:
+        yield old_cams[0], new_cams[0]
+
+
+def _cams(record: dict[str, Any]) -> list[dict[str, Any]]:
+    cams = record.get("cams")
+    return [cam for cam in cams if isinstance(cam, dict)] if isinstance(cams, list) else []
 
 
 def _top(record: dict[str, Any]) -> tuple[str | None, float | None, int | None]:
-    predictions = record.get("predictions") or []
-    if not predictions:
+    predictions = record.get("predictions")
+    if not isinstance(predictions, list) or not predictions or not isinstance(predictions[0], dict):
         return None, None, None
     return predictions[0].get("label"), predictions[0].get("score"), predictions[0].get("class_index")
 
@@ -241,7 +260,7 @@ def compare_image(baseline: RunResults, current: RunResults, path: str, limits: 
         drift = heatmap_drift(a, b)
         if result.drift is None or drift.correlation < result.drift.correlation:
             result.drift, result.baseline_cam, result.current_cam = drift, old_cam, new_cam
-        result.reasons.extend(_beyond(drift, limits, new_cam.get("label", new_cam["class_index"])))
+        result.reasons.extend(_beyond(drift, limits, new_cam.get("label", new_cam.get("class_index"))))
     if result.reasons:
         result.status = DRIFT
     return result
@@ -293,6 +312,12 @@ def compare_runs(baseline_dir: Path, current_dir: Path, limits: CompareConfig) -
     ]
     images += [ImageComparison(path=p, status=MISSING_BASELINE, reasons=["not in the baseline"]) for p in only_current]
     images.sort(key=lambda image: (*image.severity(), image.path))
+    if not any(image.drift is not None or image.status == FAILED for image in images):
+        raise ConfigError(
+            f"nothing to compare: no image was explained in both runs ({len(baseline.records)} records in the "
+            f"baseline, {len(current.records)} in the current run, none ok on both sides). A check that compared "
+            "nothing must not pass; look at the runs' error records."
+        )
     return Comparison(
         baseline_dir=Path(baseline_dir),
         current_dir=Path(current_dir),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from gradcam_cli import __version__
-from gradcam_cli.compare import PASS, Comparison, ImageComparison
+from gradcam_cli.compare import PASS, Comparison, ImageComparison, result_file
 from gradcam_cli.config import InputConfig
 from gradcam_cli.io.decode import ImageReadError, decode_bytes
 from gradcam_cli.io.files import atomic_write_bytes
@@ -95,6 +96,13 @@ def text_table(comparison: Comparison, rows: int = TABLE_ROWS) -> str:
     return "\n".join(lines)
 
 
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _xml_safe(text: str) -> str:
+    return _XML_INVALID.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 def write_junit(comparison: Comparison, path: Path) -> None:
     """JUnit XML: one testcase per image; drift and failures are <failure>, missing images <skipped>."""
     failures = len(comparison.failing)
@@ -128,12 +136,18 @@ def write_junit(comparison: Comparison, path: Path) -> None:
             ET.SubElement(case, "skipped", message=f"{image.status}: {'; '.join(image.reasons)}"[:500])
         else:
             ET.SubElement(case, "system-out").text = detail
+    for element in suites.iter():  # file names may hold characters XML 1.0 cannot carry
+        element.attrib = {key: _xml_safe(value) for key, value in element.attrib.items()}
+        if element.text:
+            element.text = _xml_safe(element.text)
     ET.indent(suites)
     atomic_write_bytes(Path(path), ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n")
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Table-cell text that cannot close the cell or start Markdown/HTML (file names are untrusted)."""
+    escaped = html.escape(text.replace("\n", " "), quote=False)
+    return re.sub(r"([\\`*_\[\]()!#|~<>])", r"\\\1", escaped)
 
 
 def markdown(comparison: Comparison, rows: int = 10) -> str:
@@ -158,8 +172,9 @@ def markdown(comparison: Comparison, rows: int = 10) -> str:
         lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
         for image in shown:
             cells = _cells(image)
-            cells[1] = f"`{cells[1]}`"
-            lines.append("| " + " | ".join(_md(cell) for cell in cells) + " |")
+            cells = [_md(cell) for cell in cells]
+            cells[1] = f"<code>{cells[1]}</code>"
+            lines.append("| " + " | ".join(cells) + " |")
         more = sum(1 for image in comparison.images if image.status != PASS) - len(shown)
         if more > 0:
             lines.append(f"\n... and {more} more in the HTML report.")
@@ -209,8 +224,7 @@ def difference_map(baseline: np.ndarray, current: np.ndarray) -> np.ndarray:
 
 
 def _file(out_dir: Path, cam: dict[str, Any] | None, key: str) -> Path | None:
-    relative = (cam or {}).get(key)
-    return out_dir / relative if relative else None
+    return result_file(out_dir, (cam or {}).get(key))
 
 
 def _original(image: ImageComparison) -> np.ndarray | None:

@@ -257,6 +257,9 @@ class RuntimeConfig(_Strict):
     deterministic: bool = Field(
         True, description="deterministic torch algorithms, so reruns give byte-identical heatmaps"
     )
+    ray_gpus_per_actor: float = Field(
+        1.0, gt=0, le=16, description="--engine ray on GPUs: GPUs per CAM actor (0.5: two actors share one)"
+    )
 
     @field_validator("device")
     @classmethod

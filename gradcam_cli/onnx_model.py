@@ -6,14 +6,18 @@ so target layers, hooks, `auto` and `gradcam layers` work as for any other model
 graph is adapted to the pipeline's conventions:
 
 - NHWC inputs (Keras) get a leading Transpose node, so the module always takes NCHW images;
-- a final Softmax/LogSoftmax is removed: CAMs explain the logit, the engine applies softmax itself for the
-  reported probabilities;
+- a final Softmax/LogSoftmax over the classes is removed, also when only shape nodes (Identity, Flatten,
+  Reshape, Squeeze, Unsqueeze, Cast to float) follow it: CAMs explain the logit, the engine applies softmax
+  itself for the reported probabilities; a softmax near the output that cannot be removed safely is kept
+  with a warning;
 - constant Identity nodes (PyTorch's exporter writes them for shared initializers) are folded, and graphs
   of an opset newer than the converter knows are converted down when that makes every operator supported.
 
 After conversion, a batch of two is checked against the two images one at a time: exports with a fixed
 batch of 1 usually batch anyway; nodes that do not (a Reshape to a hard-coded `[1, ...]`) are run once per
-image, with a warning. Needs the optional extra `gradcam-cli[onnx]` (onnx, onnx2torch), imported only here.
+image, with a warning; a graph that batches wrongly even then is a ModelError asking for a dynamic-batch
+export (a whole-module per-image loop would break the engine's single activation capture). Needs the
+optional extra `gradcam-cli[onnx]` (onnx, onnx2torch), imported only here.
 """
 
 from __future__ import annotations
@@ -30,8 +34,17 @@ from gradcam_cli.errors import ConfigError, ModelError
 
 MAX_OPSET = 17  # onnx2torch has converters for (nearly) every operator up to this opset
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+SHAPE_ONLY_OPS = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
+FLOAT_TYPE = 1  # onnx.TensorProto.FLOAT
 NCHW_INPUT = "gradcam_input_nchw"
 TRANSPOSE_NODE = "gradcam/nchw_to_nhwc"
+# A graph that cannot batch is refused at load: running the whole module once per image would fire the target
+# layer's hook once per image, and the engine (engine/base.py) keeps a single activation leaf per batch.
+BATCH_ONE_HINT = (
+    "gradcam cannot run it image by image (runtime.batch_size: 1 does not help: this check runs when the model "
+    "is loaded). Re-export it with a dynamic batch dimension: torch.onnx.export(..., input_names=['input'], "
+    "dynamic_axes={'input': {0: 'batch'}}); tf2onnx and MATLAB exportONNXNetwork write one by default."
+)
 INSTALL_HINT = "pip install 'gradcam-cli[onnx]' (or pip install onnx onnx2torch)"
 
 
@@ -144,25 +157,81 @@ def _fold_constant_identities(model: Any) -> None:
             model.graph.node.remove(node)
 
 
+def _softmax_over_classes(model: Any, node: Any) -> bool:
+    """Whether a Softmax/LogSoftmax node normalises over the class axis of (batch, classes[, 1, 1]) scores."""
+    from onnx import shape_inference
+
+    axis = next((attr.i for attr in node.attribute if attr.name == "axis"), None)
+    axis = axis if axis is not None else (-1 if _opsets(model).get("", 0) >= 13 else 1)
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort here: an unknown rank is judged by the axis alone
+        inferred = model
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    value = next((v for v in values if v.name == node.input[0]), None)
+    dims = list(value.type.tensor_type.shape.dim) if value is not None else []
+    if len(dims) <= 2:  # (batch, classes), or rank unknown
+        return axis in (-1, 1)
+    return axis == 1 and all(dim.HasField("dim_value") and dim.dim_value == 1 for dim in dims[2:])
+
+
+def _value_preserving(node: Any) -> bool:
+    """Nodes that only move or relabel values (so a Softmax before them still yields the graph's scores)."""
+    if node.op_type == "Cast":
+        return next((attr.i for attr in node.attribute if attr.name == "to"), None) == FLOAT_TYPE
+    return node.op_type in SHAPE_ONLY_OPS
+
+
 def _strip_softmax(model: Any) -> str | None:
-    """Remove a Softmax/LogSoftmax over the classes that produces the graph's only output; its op type."""
+    """Remove the Softmax/LogSoftmax over the classes that gives the graph's only output, directly or through
+    shape-only nodes (Identity, Flatten, Reshape, Squeeze, Unsqueeze, Cast to float), which are kept; its op
+    type. A softmax near the output that cannot be removed safely (followed by arithmetic, feeding other
+    nodes, not over the classes) is kept with a warning: the scores are then computed from probabilities."""
     if len(model.graph.output) != 1:
         return None
+    nodes = list(model.graph.node)
+    producer = {name: node for node in nodes for name in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     output = model.graph.output[0]
-    producers = [node for node in model.graph.node if output.name in node.output]
-    if len(producers) != 1 or producers[0].op_type not in SOFTMAX_OPS:
-        return None
-    node = producers[0]
-    axis = next((attr.i for attr in node.attribute if attr.name == "axis"), None)
-    opset = _opsets(model).get("", 0)
-    axis = axis if axis is not None else (-1 if opset >= 13 else 1)
-    rank = len(output.type.tensor_type.shape.dim)
-    consumers = [other for other in model.graph.node if output.name in other.input]
-    if consumers or axis not in (-1, 1) or rank not in (0, 2):  # (batch, classes) scores only
-        return None
-    model.graph.node.remove(node)
-    output.name = node.input[0]
-    return node.op_type
+    node, after = producer.get(output.name), None  # `after`: the node that reads the softmax output
+    while node is not None and _value_preserving(node) and len(consumers.get(node.input[0], [])) == 1:
+        node, after = producer.get(node.input[0]), node
+    if node is not None and node.op_type in SOFTMAX_OPS:
+        alone = not consumers.get(node.output[0]) if after is None else len(consumers[node.output[0]]) == 1
+        if alone and _softmax_over_classes(model, node):
+            model.graph.node.remove(node)
+            if after is None:
+                output.name = node.input[0]
+            else:
+                after.input[0] = node.input[0]
+            for value in [v for v in model.graph.value_info if v.name == node.output[0]]:
+                model.graph.value_info.remove(value)
+            return node.op_type
+    near = _softmax_near(output.name, producer)
+    if near is not None:
+        print(
+            f"gradcam: warning: the ONNX graph's output is computed from {near.op_type} node {near.name!r}, which "
+            "cannot be removed safely (other operations follow it or it is not over the classes); it is kept, so "
+            "the reported scores are a softmax of that output and CAMs explain it, not the class logits. Export "
+            "the network without the final softmax to explain logits.",
+            file=sys.stderr,
+        )
+    return None
+
+
+def _softmax_near(name: str, producer: dict[str, Any], depth: int = 3) -> Any | None:
+    """A Softmax/LogSoftmax node at most `depth` nodes before the tensor `name`, if any."""
+    frontier = [name]
+    for _ in range(depth):
+        found = [producer[item] for item in frontier if item in producer]
+        for node in found:
+            if node.op_type in SOFTMAX_OPS:
+                return node
+        frontier = [item for node in found for item in node.input]
+    return None
 
 
 def _insert_transpose(model: Any, found: GraphInput) -> None:
@@ -377,9 +446,7 @@ def _unbatched_nodes(module: fx.GraphModule, images: list[torch.Tensor]) -> list
             elif isinstance(batched, Exception):
                 break
     raise ModelError(
-        f"the converted graph only runs one image at a time (node {node.name!r} fails on a batch). Re-export it "
-        "with a dynamic batch dimension (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}); tf2onnx "
-        "and MATLAB exports usually have one)."
+        f"the converted graph only runs one image at a time (node {node.name!r} fails on a batch). " + BATCH_ONE_HINT
     )
 
 
@@ -396,10 +463,7 @@ def _ensure_batches(module: fx.GraphModule, found: GraphInput) -> list[str]:
         owner = module.get_submodule(parent) if parent else module
         setattr(owner, leaf, PerImage(module.get_submodule(str(node.target)), split))
     if not nodes or not _batches_like_singles(module, images):
-        raise ModelError(
-            "the converted graph gives other results on a batch than on single images. Re-export it with a "
-            "dynamic batch dimension (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))."
-        )
+        raise ModelError("the converted graph gives other results on a batch than on single images. " + BATCH_ONE_HINT)
     names = [str(node.target) for node, _ in nodes]
     message = (
         f"gradcam: warning: the ONNX graph has a fixed batch size of 1; {len(names)} node(s) run once per image "

@@ -515,13 +515,18 @@ def run(config: Config, options: RunOptions) -> RunSummary:
         locks = [OutputLock(out_dir)] if shard is None else [OutputLock(out_dir, shared=True)]
         if shard is not None:
             locks.append(OutputLock(out_dir, shard.lock_name))
-        if out_dir.is_dir():  # a second run on the same folder exits before loading any model
+        locked = out_dir.is_dir()
+        if locked:  # a second run on the same folder exits before loading any model
             for lock in locks:
                 stack.enter_context(lock)
             if not options.overwrite:
                 check_previous_config(out_dir, config)
         prepared = prepare(driver_config)  # the Ray engine validates here and computes in its actors
-        if not out_dir.is_dir():
+        if options.engine == "ray":
+            shutdown = ray_engine.connect(config, options)
+            if shutdown is not None:
+                stack.callback(shutdown)
+        if not locked:  # a new folder (or one another run, e.g. a sibling shard, created meanwhile)
             _prepare_output(out_dir)
             for lock in locks:
                 stack.enter_context(lock)
@@ -529,7 +534,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
             clear_results(out_dir)
         _prepare_output(out_dir)
         repair_records(records_path)
-        claim_run_info(out_dir, config)  # shards starting together agree on one config, or all but one stop
+        claim_run_info(out_dir, config, records_path)  # shards starting together agree on one config
         if shard is not None:
             clear_marker(out_dir, shard)  # complete again only when this run goes through all its images
         done = load_done(records_path) if options.resume else {}

@@ -24,7 +24,7 @@ import os
 import pickle
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradcam_cli.config import Config
-from gradcam_cli.errors import ConfigError, GradcamError, ModelError
+from gradcam_cli.errors import ConfigError, GradcamError, ModelError, OutputError
 
 if TYPE_CHECKING:
     from gradcam_cli.events import EventLog
@@ -86,7 +86,9 @@ class CamActor:
         from gradcam_cli.pipeline import prepare
 
         loaded: Config = pickle.loads(config)
-        if not use_gpu and loaded.runtime.device == "auto":  # no GPU was allotted to this actor
+        if use_gpu:  # Ray exposes only this actor's GPU(s), so cuda:N of the config would not exist here
+            loaded = loaded.model_copy(update={"runtime": loaded.runtime.model_copy(update={"device": "cuda"})})
+        elif loaded.runtime.device == "auto":  # no GPU was allotted to this actor
             loaded = loaded.model_copy(update={"runtime": loaded.runtime.model_copy(update={"device": "cpu"})})
         torch.set_num_threads(max(1, threads))
         self.prepared = prepare(loaded)
@@ -123,6 +125,21 @@ class CamActor:
 
 
 # ---------------------------------------------------------------- driver
+def connect(config: Config, options: RunOptions) -> Callable[[], None] | None:
+    """Reach (or start) Ray and check that the cluster can run the config, before the output folder is
+    touched, so a set-up error leaves nothing behind; returns the shutdown to call when the run ends."""
+    import ray
+
+    started_here = _connect(options)
+    try:
+        _resources(config, options.ray_actors)
+    except BaseException:
+        if started_here:
+            ray.shutdown()
+        raise
+    return ray.shutdown if started_here else None
+
+
 def _connect(options: RunOptions) -> bool:
     """Connect to the cluster, or start a small local instance; returns whether we must shut it down."""
     import ray
@@ -154,9 +171,15 @@ def _resources(config: Config, actors_option: int | None) -> tuple[int, dict[str
         raise ConfigError(
             f"runtime.device is {config.runtime.device!r} but the Ray cluster has no GPUs; use cpu or auto."
         )
-    actors = actors_option or (gpus if use_gpu else 1)
+    per_gpu = config.runtime.ray_gpus_per_actor
+    actors = actors_option or (max(1, int(gpus / per_gpu)) if use_gpu else 1)
     if use_gpu:
-        return actors, {"num_gpus": 1, "num_cpus": 1}, 1
+        if actors * per_gpu > gpus:  # Ray would wait forever for actors it cannot place
+            raise ConfigError(
+                f"--ray-actors {actors} with runtime.ray_gpus_per_actor {per_gpu} needs {actors * per_gpu:g} GPUs; "
+                f"the Ray cluster has {gpus}. Use fewer actors, or a fraction of a GPU per actor (e.g. 0.5)."
+            )
+        return actors, {"num_gpus": per_gpu, "num_cpus": 1}, 1
     # CPU actors share the cluster's CPUs with the decode tasks: leave at least one CPU for decoding.
     spare = max(cpus - 1, 0.5)
     per_actor = math.floor(spare / actors) if spare >= actors else spare / actors
@@ -187,6 +210,8 @@ def _failure(exc: BaseException) -> GradcamError:
             break
         if isinstance(seen, GradcamError):
             return seen
+        if isinstance(seen, OSError):  # an actor could not write its files: exit 4, as for a plain run
+            return OutputError(f"a Ray actor cannot write to the output folder: {seen.strerror or seen}.")
         seen = getattr(seen, "cause", None) or seen.__cause__
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return ModelError(f"the Ray engine failed: {lines[-1] if lines else type(exc).__name__}")
@@ -292,8 +317,6 @@ def stream(
     except GradcamError:
         raise
     except OSError as exc:
-        from gradcam_cli.errors import OutputError
-
         raise OutputError(f"cannot write to the output folder {out_dir}: {exc.strerror or exc}.") from None
     except Exception as exc:  # noqa: BLE001 - a failure inside a Ray task or actor
         raise _failure(exc) from None

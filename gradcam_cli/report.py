@@ -292,7 +292,10 @@ def write_report(out_dir: Path, workers: int | None = None) -> Path:
     manifest = read_manifest(out_dir)
     thumbnails = write_thumbnails(out_dir, manifest["images"], workers)
     data = report_data(out_dir, manifest, thumbnails)
-    page = inside(out_dir, REPORT_NAME)
+    try:
+        page = inside(out_dir, REPORT_NAME)
+    except ValueError:
+        raise OutputError(f"{out_dir / REPORT_NAME} is a link leading outside the output folder; remove it.") from None
     try:
         atomic_write_bytes(page, render_report(out_dir, manifest, data).encode("utf-8"))
     except OSError as error:

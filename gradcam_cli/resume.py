@@ -65,14 +65,19 @@ def check_previous_config(out_dir: Path, config: Config) -> None:
         )
 
 
-def claim_run_info(out_dir: Path, config: Config) -> None:
+def claim_run_info(out_dir: Path, config: Config, records_path: Path) -> None:
     """Check and write `run.json` as one step, under a short lock: shards starting together on a new
-    folder agree on one config (the first writes it, the same config leaves it alone, another is refused)."""
+    folder agree on one config (the first writes it, the same config leaves it alone, another is refused).
+
+    The run's records file is created inside the same lock, so from then on the folder "has results" and
+    a sibling with another config is refused even before this run has finished its first batch.
+    """
     with OutputLock(out_dir, RUN_INFO_LOCK_NAME, wait=True):
         check_previous_config(out_dir, config)
         info = read_run_info(out_dir)
         if info is None or info.get("config_hash") != config.config_hash():
             write_run_info(out_dir, config.config_hash(), config.model_dump(mode="json"))
+        records_path.touch(exist_ok=True)
 
 
 def _changed_keys(previous: dict, config: Config) -> list[str]:

@@ -42,11 +42,12 @@ def _default(field: Any) -> Any:
     return field.default_factory() if field.default_factory is not None else field.default
 
 
-def starter_config(model: str, weights: str, base_dir: Path) -> str:
-    """The YAML text for `model` (a torchvision name) with `weights` (a name or a checkpoint path)."""
+def starter_config(model: str, weights: str, base_dir: Path, preprocess: dict[str, Any] | None = None) -> str:
+    """The YAML text for `model` (a torchvision name) with `weights` (a name or a checkpoint path);
+    `preprocess` overrides defaults the weights were trained with (size, mean, std)."""
     if looks_like_path(weights):
         weights = os.path.relpath(Path(weights).resolve(), base_dir.resolve())  # paths resolve against the file
-    chosen = {"torchvision": model, "weights": weights}
+    chosen: dict[str, Any] = {"torchvision": model, "weights": weights, **(preprocess or {})}
     lines = [
         f"# gradcam-cli config for torchvision {model}: every key with its default (see README, Configuration).",
         "# Run: gradcam run --config THIS_FILE --input IMAGES/   Inspect layers: gradcam layers --config THIS_FILE",
@@ -56,7 +57,10 @@ def starter_config(model: str, weights: str, base_dir: Path) -> str:
         schema = field.annotation
         assert isinstance(schema, type) and issubclass(schema, BaseModel)
         for key, leaf in schema.model_fields.items():
-            value = chosen.get(key) if schema is ModelConfig and key in (*MODEL_SOURCES, "weights") else None
+            is_chosen = (schema is ModelConfig and key in (*MODEL_SOURCES, "weights")) or (
+                section == "preprocess" and key in chosen
+            )
+            value = chosen.get(key) if is_chosen else None
             is_unused_source = schema is ModelConfig and key in MODEL_SOURCES and key not in chosen
             if value is None:
                 value = _default(leaf)
@@ -67,11 +71,27 @@ def starter_config(model: str, weights: str, base_dir: Path) -> str:
 
 
 def check_torchvision_name(model: str) -> None:
+    """Image classifiers only: detection, segmentation, video and optical-flow models are not explained."""
     import torchvision
 
-    names = torchvision.models.list_models()
+    names = torchvision.models.list_models(module=torchvision.models)
     if model not in names:
-        raise ConfigError(f"--model: unknown torchvision model {model!r}{did_you_mean(model, names, n=3)}.")
+        other = model in torchvision.models.list_models()
+        why = " is not an image classifier (gradcam explains classifiers)" if other else " is not a torchvision model"
+        raise ConfigError(f"--model: {model!r}{why}{did_you_mean(model, names, n=3)}.")
+
+
+def weights_preprocessing(model: str, weights: str) -> dict[str, Any]:
+    """Input size, mean and std the named torchvision weights were trained with (no download)."""
+    from torchvision.models import get_model_weights
+
+    choices = get_model_weights(model)
+    names = ["DEFAULT", *(w.name for w in choices)]
+    if weights not in names:
+        raise ConfigError(f"--weights: {model} has no weights {weights!r}; choose one of {', '.join(names)}.")
+    transforms = choices[weights].transforms()
+    crop = int(transforms.crop_size[0])
+    return {"size": [crop, crop], "mean": list(transforms.mean), "std": list(transforms.std)}
 
 
 def write_starter_config(path: Path, model: str, weights: str, force: bool = False) -> Path:
@@ -80,7 +100,11 @@ def write_starter_config(path: Path, model: str, weights: str, force: bool = Fal
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists; pass --force to replace it or choose another --output.")
     check_torchvision_name(model)
-    if looks_like_path(weights) and not Path(weights).is_file():
-        raise ConfigError(f"--weights: checkpoint file not found: {weights}.")
-    atomic_write_bytes(path, starter_config(model, weights, path.resolve().parent).encode())
+    if looks_like_path(weights):
+        if not Path(weights).is_file():
+            raise ConfigError(f"--weights: checkpoint file not found: {weights}.")
+        preprocess = None  # a checkpoint of unknown training: the schema's defaults, for the user to check
+    else:
+        preprocess = weights_preprocessing(model, weights)
+    atomic_write_bytes(path, starter_config(model, weights, path.resolve().parent, preprocess).encode())
     return path

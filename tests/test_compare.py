@@ -210,7 +210,7 @@ def test_reports(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
 
     summary = (reports / "summary.md").read_text()
     assert summary.startswith("### Grad-CAM attention check: drift in 3 of 5 images")
-    assert "| failed | `broken.jpg` |" in summary
+    assert "| failed | <code>broken.jpg</code> |" in summary
 
     page = (reports / "compare.html").read_text()
     assert page.count('class="card"') == 3  # one card per failing image
@@ -245,3 +245,91 @@ def test_html_report_renders_in_chromium(two_runs: tuple[Path, Path], tmp_path: 
         assert page.run_js("return document.querySelectorAll('tbody tr').length") == 5
         assert page.console_errors() == []
         page.screenshot(artifact("compare.png"), full_page=True)
+
+
+def test_untrusted_names_stay_text_in_every_report(tmp_path: Path) -> None:
+    name = "a`![x](https://evil.example/p.png)`|\x01.jpg"
+    baseline = fake_run(tmp_path / "a", {name: ("cat", blob((5, 5)))})
+    current = fake_run(tmp_path / "b", {name: ("cat", blob((40, 40)))})
+    from gradcam_cli.compare_reports import markdown, write_junit
+
+    comparison = compare_runs(baseline, current, CompareConfig())
+    summary = markdown(comparison)
+    assert "![x](" not in summary and "\\!\\[x\\]" in summary and "`" not in summary.replace("\\`", "")
+    write_junit(comparison, tmp_path / "junit.xml")
+    case = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite/testcase")  # parses: no control characters
+    assert case is not None and case.get("name", "").endswith("\\x01.jpg")
+
+
+def test_manifest_paths_outside_the_folder_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    Image.fromarray(blob((5, 5))).save(secret)
+    baseline = fake_run(tmp_path / "a", {"one.jpg": ("cat", blob((5, 5)))})
+    current = fake_run(tmp_path / "b", {"one.jpg": ("cat", blob((5, 5)))})
+    manifest = json.loads((current / "manifest.json").read_text())
+    manifest["images"][0]["cams"][0]["heatmap"] = "../secret.png"
+    (current / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="outside its output folder"):
+        compare_runs(baseline, current, CompareConfig())
+
+
+def test_nothing_compared_is_not_a_pass(tmp_path: Path) -> None:
+    baseline = fake_run(tmp_path / "a", {"one.jpg": ("cat", None)})
+    current = fake_run(tmp_path / "b", {"one.jpg": ("cat", None)})
+    result = runner.invoke(app, ["compare", str(baseline), str(current)])
+    assert result.exit_code == 2 and "nothing to compare" in result.output
+    empty_a, empty_b = fake_run(tmp_path / "c", {}), fake_run(tmp_path / "d", {})
+    assert runner.invoke(app, ["compare", str(empty_a), str(empty_b)]).exit_code == 2
+
+
+def test_more_verdicts(tmp_path: Path) -> None:
+    baseline = fake_run(
+        tmp_path / "a",
+        {
+            "both-failed.jpg": ("cat", None),
+            "fixed.jpg": ("cat", None),
+            "resized.jpg": ("cat", blob((5, 5))),
+            "surer.jpg": ("cat", blob((5, 5))),
+        },
+    )
+    current = fake_run(
+        tmp_path / "b",
+        {
+            "both-failed.jpg": ("cat", None),
+            "fixed.jpg": ("cat", blob((5, 5))),
+            "resized.jpg": ("cat", blob((5, 5), size=(50, 64))),
+            "surer.jpg": ("cat", blob((5, 5))),
+        },
+    )
+    manifest = json.loads((current / "manifest.json").read_text())
+    surer = next(r for r in manifest["images"] if r["path"] == "surer.jpg")
+    surer["predictions"][0]["score"] = 0.99
+    (current / "manifest.json").write_text(json.dumps(manifest))
+    comparison = compare_runs(baseline, current, CompareConfig(max_score_change=0.05))
+    verdicts = {image.path: (image.status, image.reasons) for image in comparison.images}
+    assert verdicts["both-failed.jpg"][0] == "failed-both"
+    assert verdicts["fixed.jpg"] == ("pass", ["baseline had failed; now explained"])
+    assert verdicts["resized.jpg"] == ("drift", ["heatmap size changed: 64x48 -> 64x50"])
+    assert verdicts["surer.jpg"][0] == "drift" and "score changed by +0.090" in verdicts["surer.jpg"][1][0]
+    assert compare_runs(baseline, current, CompareConfig()).count("drift") == 1  # score change off by default
+
+
+def test_cli_options_override_the_config_section(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    baseline, current = (str(p) for p in two_runs)
+    config = write_yaml(tmp_path / "limits.yaml", {"compare": {"max_peak_shift": 0.5, "allow_label_change": True}})
+    result = runner.invoke(app, ["compare", baseline, current, "-c", str(config), "--max-peak-shift", "5", "-q"])
+    assert result.output.strip() == "DRIFT: 5 images compared (1 failed, 1 drift, 3 pass)."  # nearly.jpg passes again
+    lenient = ["--min-correlation", "-1", "--max-mean-abs-diff", "1", "--min-iou", "0", "--allow-label-change"]
+    result = runner.invoke(app, ["compare", baseline, current, *lenient, "-q"])
+    assert result.output.strip() == "DRIFT: 5 images compared (1 failed, 4 pass)."
+
+
+def test_difference_map_colours() -> None:
+    from gradcam_cli.compare_reports import difference_map
+
+    before = np.array([[0, 255, 100]], np.uint8)
+    after = np.array([[255, 0, 100]], np.uint8)
+    rgb = difference_map(before, after)
+    assert rgb[0, 0].tolist() == [255, 0, 0]  # hotter now: red
+    assert rgb[0, 1].tolist() == [0, 0, 255]  # colder now: blue
+    assert rgb[0, 2].tolist() == [255, 255, 255]  # unchanged: white

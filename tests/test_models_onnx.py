@@ -358,3 +358,74 @@ def test_batchnorm_nodes_of_a_dynamic_batch_graph(tmp_path: Path) -> None:
     assert fuse_conv_batchnorm(loaded.module, x, []) == 1
     with torch.no_grad():
         assert torch.allclose(loaded.module(x), before, atol=1e-5)
+
+
+def softmax_graph(*after: Any) -> Any:
+    """conv -> gap -> flatten -> dense (random weights) -> Softmax 's', then `after` (the last writes 'y')."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    dense = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32) * 0.1, name="dense_w")
+    extras = [numpy_helper.from_array(np.array([-1, 4], dtype=np.int64), name="shape"), dense]
+    extras.append(numpy_helper.from_array(np.array(2.0, dtype=np.float32), name="two"))
+    nodes = classifier(
+        after[-1],
+        helper.make_node("MatMul", ["f", "dense_w"], ["l"], name="dense"),
+        helper.make_node("Softmax", ["l"], ["s"], name="probs", axis=-1),
+        *after[:-1],
+    )
+    return helper_model([1, 3, 16, 16], *nodes, initializers=extras)
+
+
+def reference_output(model: Any, x: torch.Tensor) -> np.ndarray:
+    """The original graph's output, image by image (fixed batch of 1), from ONNX's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(model)
+    return np.concatenate([evaluator.run(None, {"x": x[i : i + 1].numpy()})[0] for i in range(len(x))])
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        [("Identity", ["s"], {})],
+        [("Flatten", ["s"], {"axis": 1})],
+        [("Reshape", ["s", "shape"], {})],
+        [("Identity", ["s"], {"out": "i"}), ("Cast", ["i"], {"to": 1})],
+    ],
+    ids=["identity", "flatten", "reshape", "identity-cast"],
+)
+def test_softmax_before_shape_nodes_is_removed(after: list[Any], tmp_path: Path, images: Path, capfd) -> None:
+    """Reviewer repro: Softmax -> Identity kept the softmax and reported softmax(probabilities)."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node(op, inputs, [attrs.pop("out", "y")], name=f"{op.lower()}{i}", **attrs)
+        for i, (op, inputs, attrs) in enumerate((op, inputs, dict(attrs)) for op, inputs, attrs in after)
+    ]
+    model = softmax_graph(*nodes)
+    write_model(model, tmp_path / "soft.onnx")
+    loaded = load_model(parse_config({"model": {"onnx": "soft.onnx"}}, tmp_path).model)
+    assert loaded.description["softmax_removed"] is True and "Softmax" not in capfd.readouterr().err
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        probabilities = torch.softmax(loaded.module(x), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, reference_output(model, x), rtol=1e-4, atol=1e-6)
+    if after[0][0] == "Identity" and len(after) == 1:  # end to end: the manifest and its scores
+        manifest = run_cli(config_for(tmp_path / "run", {"onnx": "../soft.onnx"}), images)
+        assert manifest["model"]["softmax_removed"] is True
+        for record in manifest["images"]:
+            assert sum(p["score"] for p in record["predictions"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_softmax_followed_by_arithmetic_is_kept_with_a_warning(tmp_path: Path, capfd) -> None:
+    from onnx import helper
+
+    model = softmax_graph(helper.make_node("Mul", ["s", "two"], ["y"], name="scale"))
+    write_model(model, tmp_path / "scaled.onnx")
+    loaded = load_model(parse_config({"model": {"onnx": "scaled.onnx"}}, tmp_path).model)
+    assert loaded.description["softmax_removed"] is False
+    assert "Softmax node 'probs'" in capfd.readouterr().err
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.module(x).numpy(), reference_output(model, x), rtol=1e-4, atol=1e-6)

@@ -47,21 +47,61 @@ def test_ray_engine_matches_the_local_engine(config_file, image_folder: Path, tm
     assert got["summary"] == expected["summary"] and got["config_hash"] == expected["config_hash"]
     assert [r["path"] for r in got["images"]] == [r["path"] for r in expected["images"]]
     for mine, theirs in zip(got["images"], expected["images"], strict=True):
-        assert (mine["status"], mine["sha256"], mine["error"]) == (theirs["status"], theirs["sha256"], theirs["error"])
+        same_keys = ("status", "sha256", "error", "width", "height", "source", "file_size", "mtime_ns")
+        assert {k: mine[k] for k in same_keys} == {k: theirs[k] for k in same_keys}
         assert [p["class_index"] for p in mine["predictions"]] == [p["class_index"] for p in theirs["predictions"]]
+        for p, q in zip(mine["predictions"], theirs["predictions"], strict=True):
+            assert p["label"] == q["label"] and p["score"] == pytest.approx(q["score"], abs=1e-4)
         for cam, other in zip(mine["cams"], theirs["cams"], strict=True):
-            assert (cam["class_index"], cam["heatmap"], cam["overlay"]) == (
-                other["class_index"],
-                other["heatmap"],
-                other["overlay"],
-            )
-            a = np.asarray(Image.open(ray_out / cam["heatmap"]), dtype=int)
-            b = np.asarray(Image.open(local_out / other["heatmap"]), dtype=int)
-            assert np.abs(a - b).max() <= 1  # within one grey level
-    # resume works the same way: a second ray run finds everything done, without starting Ray
+            for key in ("rank", "class_index", "label", "heatmap", "overlay", "quality"):
+                assert cam[key] == other[key], key
+            assert cam["score"] == pytest.approx(other["score"], abs=1e-4)
+            assert cam["raw_max"] == pytest.approx(other["raw_max"], rel=1e-3, abs=1e-6)
+            for key in ("heatmap", "overlay"):
+                a = np.asarray(Image.open(ray_out / cam[key]), dtype=int)
+                b = np.asarray(Image.open(local_out / other[key]), dtype=int)
+                assert np.abs(a - b).max() <= 1  # within one grey level
+    # resume works the same way: a second ray run finds everything done
     (image_folder / "broken.jpg").unlink()  # (failed images are retried)
     again = run(
         load_config(config, {"output.dir": str(ray_out)}),
         RunOptions(inputs=[str(image_folder)], quiet=True, engine="ray", ray_actors=2),
     )
     assert (again.ok, again.failed, again.skipped, again.complete) == (0, 0, 3, True)
+
+
+def test_cluster_checks_come_before_the_output_folder(
+    config_file, image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set-up error (no GPU for runtime.device cuda, too many GPU actors) exits 2 with nothing written."""
+    ray = pytest.importorskip("ray")
+    from gradcam_cli import ray_engine
+
+    monkeypatch.setattr(ray_engine, "_connect", lambda options: False)  # no real cluster needed
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    args = ["run", "-c", str(config_file()), "-i", str(image_folder), "--engine", "ray", "-q"]
+    result = runner.invoke(app, [*args, "--device", "cuda"])
+    assert result.exit_code == 2 and "no GPUs" in result.stderr, result.output
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0})
+    result = runner.invoke(app, [*args, "--ray-actors", "3"])
+    assert result.exit_code == 2 and "needs 3 GPUs" in result.stderr and "has 2" in result.stderr, result.output
+    assert not (tmp_path / "out").exists()
+    from gradcam_cli.config import load_config  # two actors per GPU fit
+
+    half = load_config(config_file(runtime={"ray_gpus_per_actor": 0.5}))
+    assert ray_engine._resources(half, None)[:2] == (4, {"num_gpus": 0.5, "num_cpus": 1})
+
+
+def test_a_write_failure_in_an_actor_exits_like_a_full_disk() -> None:
+    from gradcam_cli.errors import EXIT_OUTPUT
+    from gradcam_cli.ray_engine import _failure
+
+    class RemoteError(Exception):  # how Ray wraps an actor's exception: the original in `.cause`
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__(f"ray task failed\n{cause!r}")
+            self.cause = cause
+
+    error = _failure(RemoteError(OSError(28, "No space left on device")))
+    assert error.exit_code == EXIT_OUTPUT and "No space left on device" in str(error)
+    assert _failure(RemoteError(RuntimeError("boom"))).exit_code == 2

@@ -85,8 +85,10 @@ def test_three_shards_merge_into_the_single_run_manifest(config_file, many_image
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     assert gradcam("run", "-c", config, "-i", str(many_images), "-o", str(single), "-q").exit_code == 1
 
-    codes = [gradcam("run", "-c", config, "-i", str(many_images), "-o", str(sharded), "--shard", f"{k}/3").exit_code
-             for k in (0, 1)]
+    codes = [
+        gradcam("run", "-c", config, "-i", str(many_images), "-o", str(sharded), "--shard", f"{k}/3").exit_code
+        for k in (0, 1)
+    ]
     assert set(codes) <= {0, 1}
     assert not (sharded / "manifest.json").exists()  # shard 2 has not run: no manifest yet
     early = gradcam("merge", str(sharded))
@@ -225,3 +227,56 @@ def test_concurrent_shards_and_an_interrupted_one(tmp_path: Path, tiny_weights: 
     assert all(r["status"] == "ok" for r in images)
     for record in images:
         Image.open(out / record["cams"][0]["heatmap"]).load()
+
+
+@pytest.mark.parametrize("shard", [None, "0/2"])
+def test_a_folder_created_while_the_model_loads_is_still_locked(
+    config_file, image_folder: Path, tmp_path: Path, monkeypatch, shard: str | None
+) -> None:
+    """Array jobs start together on a new folder: a sibling may create it while this run loads its model."""
+    from gradcam_cli import pipeline
+    from gradcam_cli.shards import Shard
+
+    out = tmp_path / "out"
+    sibling = OutputLock(out, Shard(0, 2).lock_name if shard else ".gradcam.lock")
+    real_prepare = pipeline.prepare
+
+    def prepare_while_a_sibling_starts(config):
+        out.mkdir()
+        sibling.__enter__()
+        return real_prepare(config)
+
+    monkeypatch.setattr(pipeline, "prepare", prepare_while_a_sibling_starts)
+    try:
+        result = gradcam(
+            "run", "-c", str(config_file()), "-i", str(image_folder), "-q", *(["--shard", shard] if shard else [])
+        )
+    finally:
+        sibling.__exit__()
+    assert result.exit_code == 3, result.output
+    assert not list(out.glob("records*.jsonl")) and not (out / "run.json").exists()
+
+
+def test_a_sibling_with_another_config_is_refused_before_its_first_batch(config_file, tmp_path: Path) -> None:
+    from gradcam_cli.config import load_config
+    from gradcam_cli.resume import claim_run_info
+
+    out = tmp_path / "out"
+    out.mkdir()
+    first = load_config(config_file())
+    other = load_config(config_file(cam={"method": "layercam"}))
+    claim_run_info(out, first, out / "records.shard-0-of-2.jsonl")  # shard 0 starts; no record written yet
+    with pytest.raises(ConfigError, match="cam.method"):
+        claim_run_info(out, other, out / "records.shard-1-of-2.jsonl")
+    assert json.loads((out / "run.json").read_text())["config_hash"] == first.config_hash()
+
+
+def test_merge_writes_the_report_when_the_config_asks(config_file, image_folder: Path, tmp_path: Path) -> None:
+    config = str(config_file(output={"report": True}))
+    for k in (0, 1):
+        assert gradcam("run", "-c", config, "-i", str(image_folder), "--shard", f"{k}/2", "-q").exit_code == 0
+    page = tmp_path / "out" / "index.html"
+    assert page.is_file()  # the last shard merged and wrote it
+    page.unlink()
+    assert gradcam("merge", str(tmp_path / "out")).exit_code == 0
+    assert page.is_file() and "sub/b.png" in page.read_text()

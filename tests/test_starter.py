@@ -52,7 +52,7 @@ def test_run_with_a_local_checkpoint(tmp_path: Path, monkeypatch) -> None:
     config.parent.mkdir()
     result = runner.invoke(app, ["init", "--model", "resnet18", "--weights", str(weights), "-o", str(config)])
     assert result.exit_code == 0, result.output
-    assert "weights: \"../models/resnet18.pt\"" in config.read_text()  # relative to the config file
+    assert 'weights: "../models/resnet18.pt"' in config.read_text()  # relative to the config file
     random_image(tmp_path / "images" / "a.jpg", 64, 48)
     monkeypatch.chdir(tmp_path)
     args = ["run", "-c", str(config), "-i", "images", "-q", "--workers", "0"]
@@ -72,3 +72,14 @@ def test_refuses_to_overwrite_and_suggests_names(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "did you mean" in result.output and "resnet50" in result.output
     result = runner.invoke(app, ["init", "--weights", "missing.pt", "-o", str(tmp_path / "y.yaml")])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_classifiers_only_and_the_weights_own_preprocessing(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", "--model", "fasterrcnn_resnet50_fpn", "-o", str(tmp_path / "a.yaml")])
+    assert result.exit_code == 2 and "not an image classifier" in result.output
+    args = ["init", "--model", "resnet18", "--weights", "IMAGENET1K_V9", "-o", str(tmp_path / "b.yaml")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "IMAGENET1K_V1" in result.output
+    path = tmp_path / "vit.yaml"
+    assert runner.invoke(app, ["init", "--model", "vit_h_14", "-o", str(path)]).exit_code == 0
+    assert load_config(path).preprocess.size == (518, 518)  # what its DEFAULT weights were trained at, not 224
