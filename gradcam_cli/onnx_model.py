@@ -445,25 +445,39 @@ def _unbatched_nodes(module: fx.GraphModule, images: list[torch.Tensor]) -> list
                 runs[-1].env[node] = expected
             elif isinstance(batched, Exception):
                 break
-    raise ModelError(
+    raise _NoBatch(
         f"the converted graph only runs one image at a time (node {node.name!r} fails on a batch). " + BATCH_ONE_HINT
     )
 
 
-def _ensure_batches(module: fx.GraphModule, found: GraphInput) -> list[str]:
-    """Make a batch give each image's own result; returns the nodes now run per image (usually none)."""
+class _NoBatch(ModelError):
+    """No node-by-node repair makes the graph take a batch."""
+
+
+def _ensure_batches(module: fx.GraphModule, found: GraphInput) -> tuple[list[str], int | None]:
+    """Make a batch give each image's own result. Returns the nodes now run per image (usually none) and
+    the largest batch the graph takes (None: any; 1 when no repair works: the run then goes image by image)."""
     height, width = found.size or (224, 224)
     generator = torch.Generator().manual_seed(0)
     images = [torch.randn(1, 3, height, width, generator=generator) for _ in range(2)]
     if _batches_like_singles(module, images) in (True, None):  # None: trace_layers reports the failure
-        return []
-    nodes = _unbatched_nodes(module, images)
+        return [], None
+    try:
+        nodes = _unbatched_nodes(module, images)
+    except _NoBatch:
+        nodes = []
     for node, split in nodes:
         parent, _, leaf = str(node.target).rpartition(".")
         owner = module.get_submodule(parent) if parent else module
         setattr(owner, leaf, PerImage(module.get_submodule(str(node.target)), split))
     if not nodes or not _batches_like_singles(module, images):
-        raise ModelError("the converted graph gives other results on a batch than on single images. " + BATCH_ONE_HINT)
+        print(
+            "gradcam: warning: the ONNX graph only works on one image at a time (a fixed batch of 1 that could not "
+            "be repaired node by node); running with batch size 1, which is slower. Re-export it with a dynamic "
+            "batch dimension for full speed: torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}).",
+            file=sys.stderr,
+        )
+        return [str(node.target) for node, _ in nodes], 1
     names = [str(node.target) for node, _ in nodes]
     message = (
         f"gradcam: warning: the ONNX graph has a fixed batch size of 1; {len(names)} node(s) run once per image "
@@ -471,7 +485,7 @@ def _ensure_batches(module: fx.GraphModule, found: GraphInput) -> list[str]:
         "for full speed."
     )
     print(message, file=sys.stderr)
-    return names
+    return names, None
 
 
 def load_onnx(path: Path, input_layout: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
@@ -487,7 +501,7 @@ def load_onnx(path: Path, input_layout: str = "auto") -> tuple[nn.Module, dict[s
     model, converted_to = _supported_graph(model, path)
     module = _convert(model, path).eval()  # BatchNorm and Dropout in inference mode before the batch check
     module.requires_grad_(False)
-    per_image = _ensure_batches(module, found)
+    per_image, max_batch = _ensure_batches(module, found)
     description = {
         "input_layout": found.layout,
         "input_layout_detected": found.detected,
@@ -496,5 +510,6 @@ def load_onnx(path: Path, input_layout: str = "auto") -> tuple[nn.Module, dict[s
         "opset": opset,
         "opset_converted_to": converted_to,
         "per_image_nodes": per_image,
+        "max_batch": max_batch,
     }
     return module, description

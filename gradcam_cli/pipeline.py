@@ -258,10 +258,14 @@ def prepare(config: Config) -> Prepared:
                 f"as {', '.join(usable)} (see `gradcam layers`), or set model.activation_layout/token_grid."
             )
         adapters.append(found[1])
-    if config.runtime.fuse_batchnorm:
-        fuse_conv_batchnorm(
-            loaded.module, torch.randn(2, 3, height, width), [layer for _, layer in named_layers], read_scores
+    max_batch = loaded.description.get("max_batch")  # an ONNX graph that only takes one image at a time
+    if max_batch is not None and config.runtime.batch_size > max_batch:
+        config = config.model_copy(
+            update={"runtime": config.runtime.model_copy(update={"batch_size": max_batch})}
         )
+    if config.runtime.fuse_batchnorm:
+        examples = torch.randn(min(2, max_batch or 2), 3, height, width)
+        fuse_conv_batchnorm(loaded.module, examples, [layer for _, layer in named_layers], read_scores)
     module = loaded.module.to(device)
     if device.type in ("cpu", "cuda"):
         module = module.to(memory_format=torch.channels_last)
@@ -550,6 +554,9 @@ def run(config: Config, options: RunOptions) -> RunSummary:
             **({"shard": shard.label} if shard else {}),
             **({"engine": options.engine} if options.engine != "local" else {}),
         )
+        if prepared.config.runtime.batch_size < config.runtime.batch_size:  # the model caps it (see prepare)
+            runtime = config.runtime.model_copy(update={"batch_size": prepared.config.runtime.batch_size})
+            config = config.model_copy(update={"runtime": runtime})
         prepared.config = config  # the Ray actors get the config as given (they pick their own device)
         summary = stream(prepared, inputs, out_dir, done, options, events, records_path)
         header = _manifest_header(prepared, summary)

@@ -182,6 +182,25 @@ def test_fixed_batch_nodes_run_per_image(tmp_path: Path, images: Path, tiny_weig
     assert_same_results(run_cli(config, images), run_cli(native_tiny(tmp_path / "native", tiny_weights), images))
 
 
+def test_a_graph_that_cannot_batch_runs_image_by_image(
+    tmp_path: Path, images: Path, tiny_weights: Path, capfd, monkeypatch
+) -> None:
+    """When no node-by-node repair works, the run falls back to batch 1 with a warning (and still agrees)."""
+    from gradcam_cli import onnx_model
+
+    def no_repair(module, inputs):
+        raise onnx_model._NoBatch("no repair")
+
+    monkeypatch.setattr(onnx_model, "_unbatched_nodes", no_repair)
+    export(FixedBatch(tiny(tiny_weights)), tmp_path / "fixed.onnx", shape=(1, 3, 32, 32))
+    config = config_for(tmp_path / "onnx", {"onnx": "../fixed.onnx", "target_layer": "features/features/3/Conv"})
+    assert load_model(load_config(config).model).description["max_batch"] == 1
+    assert "running with batch size 1" in capfd.readouterr().err
+    ours = run_cli(config, images)
+    assert ours["config"]["runtime"]["batch_size"] == 1
+    assert_same_results(ours, run_cli(native_tiny(tmp_path / "native", tiny_weights), images))
+
+
 def test_opset_newer_than_the_converter_is_converted_down(tmp_path: Path, tiny_weights: Path) -> None:
     model = tiny(tiny_weights)
     export(model, tmp_path / "new.onnx", shape=(1, 3, 32, 32), opset_version=21)  # Flatten-21: no converter

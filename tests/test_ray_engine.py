@@ -78,18 +78,23 @@ def test_cluster_checks_come_before_the_output_folder(
     from gradcam_cli import ray_engine
 
     monkeypatch.setattr(ray_engine, "_connect", lambda options: False)  # no real cluster needed
+
+    def never(*args, **kwargs):
+        raise AssertionError("the set-up error was not raised before the run started")
+
+    monkeypatch.setattr(ray_engine, "stream", never)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     args = ["run", "-c", str(config_file()), "-i", str(image_folder), "--engine", "ray", "-q"]
     result = runner.invoke(app, [*args, "--device", "cuda"])
     assert result.exit_code == 2 and "no GPUs" in result.stderr, result.output
     assert not (tmp_path / "out").exists()
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0})
-    result = runner.invoke(app, [*args, "--ray-actors", "3"])
+    result = runner.invoke(app, [*args, "--device", "cuda", "--ray-actors", "3"])
     assert result.exit_code == 2 and "needs 3 GPUs" in result.stderr and "has 2" in result.stderr, result.output
     assert not (tmp_path / "out").exists()
     from gradcam_cli.config import load_config  # two actors per GPU fit
 
-    half = load_config(config_file(runtime={"ray_gpus_per_actor": 0.5}))
+    half = load_config(config_file(runtime={"ray_gpus_per_actor": 0.5, "device": "auto"}))
     assert ray_engine._resources(half, None)[:2] == (4, {"num_gpus": 0.5, "num_cpus": 1})
 
 
