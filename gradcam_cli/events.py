@@ -1,7 +1,8 @@
 """Machine-readable run events for log shippers: --log-file PATH [--log-format json|text].
 
-Events: `run_started`, `image_failed` (one per error record), `run_finished` (with the summary), and
-`stale_lock_taken_over` when a crashed run's lock was taken over.
+Events: `run_started`, `image_failed` (one per error record), `run_finished` (with the summary),
+`stale_lock_taken_over` when a crashed run's lock was taken over, and for shards `shards_merged` (the last
+shard wrote the manifest) or `merge_failed` (it could not, and says why).
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def shard_of(path: str, count: int) -> int:
 
 def parse_shard(text: str) -> Shard:
     """`K/N` with 0 <= K < N, e.g. `0/4` .. `3/4`; anything else is a usage error (exit 2)."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text, flags=re.ASCII)  # ASCII digits only
     if not match:
         raise ConfigError(
             f"--shard must be K/N (shard K of N, 0-based: 0/4, 1/4, 2/4, 3/4), not {text!r}. With a Slurm array "

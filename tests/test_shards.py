@@ -57,7 +57,7 @@ def many_images(image_folder: Path) -> Path:
 
 def test_parse_shard_and_stable_assignment() -> None:
     assert parse_shard("0/4") == parse_shard(" 0 / 4 ") and parse_shard("3/4").label == "3/4"
-    for bad in ("4/4", "1-4", "0/0", "-1/4", "a/b", "2"):
+    for bad in ("4/4", "1-4", "0/0", "-1/4", "a/b", "2", "١/٣"):  # Arabic-Indic digits are not shard numbers
         with pytest.raises(ConfigError, match="--shard"):
             parse_shard(bad)
     # sha256 of the record path mod N: fixed values, so a growing archive keeps its assignment
