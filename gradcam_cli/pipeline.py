@@ -620,6 +620,13 @@ def todo_sources(
     return todo, lambda: walked[0]
 
 
+def start_summary(out_dir: Path) -> tuple[RunSummary, float]:
+    """A fresh summary stamped now, and the perf_counter its `seconds` are measured from (both engines)."""
+    summary = RunSummary(out_dir=out_dir)
+    summary.started_at = datetime.now(timezone.utc)
+    return summary, time.perf_counter()
+
+
 def _stream(
     prepared: Prepared,
     inputs: list[str],
@@ -631,9 +638,7 @@ def _stream(
 ) -> RunSummary:
     """The streaming stages; records are durable per batch whatever stops the loop."""
     config = prepared.config
-    summary = RunSummary(out_dir=out_dir)
-    summary.started_at = datetime.now(timezone.utc)
-    clock = time.perf_counter()
+    summary, clock = start_summary(out_dir)
     progress = _progress(options.quiet)
     todo, walked_all = todo_sources(config, inputs, out_dir, done, options, summary)
     dataset = DecodeDataset(config.preprocess, config.input, keep_original=config.output.overlays)

@@ -26,7 +26,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -241,12 +240,10 @@ def stream(
     import ray
 
     from gradcam_cli.io.manifest import RECORDS_NAME, RecordsWriter
-    from gradcam_cli.pipeline import RunSummary, _progress, _StopSignals, todo_sources
+    from gradcam_cli.pipeline import _progress, _StopSignals, start_summary, todo_sources
 
     config = prepared.config
-    summary = RunSummary(out_dir=out_dir)
-    summary.started_at = datetime.now(timezone.utc)
-    clock = time.perf_counter()
+    summary, clock = start_summary(out_dir)
     todo, walked_all = todo_sources(config, inputs, out_dir, done, options, summary)
     # The pending list lives on the driver (a few hundred bytes per image) for Ray to split into blocks.
     rows = [{"source": pickle.dumps(source)} for source in todo]

@@ -98,3 +98,20 @@ def calibrated_random_model(name: str, num_classes: int = 10, seed: int = 0):
         for _ in range(3):
             model(torch.randn(8, 3, 224, 224))
     return model.eval()
+
+
+def write_slow_config(path: Path, tiny_weights: Path, **runtime: Any) -> Path:
+    """A config for the deliberately slow tiny CNN (signal and concurrency tests need runs that take a while)."""
+    import json
+
+    data = {
+        "model": {
+            "factory": str(ASSETS / "tiny_models.py") + ":build_slow",
+            "weights": str(tiny_weights),
+            "target_layer": "features.3",
+        },
+        "preprocess": {"size": [32, 32]},
+        "runtime": {"device": "cpu", **runtime},
+    }
+    path.write_text(json.dumps(data))
+    return path

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
 from gradcam_cli.io.lock import OutputLock
-from tests.conftest import ASSETS, REPO, random_image
+from tests.conftest import REPO, random_image, write_slow_config
 
 runner = CliRunner()
 
@@ -257,20 +257,7 @@ def _slow_run(tmp_path: Path, tiny_weights: Path, count: int = 16) -> tuple[list
     folder = tmp_path / "many"
     for i in range(count):
         random_image(folder / f"{i:02d}.png", 40, 30, seed=i)
-    config = tmp_path / "slow.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "model": {
-                    "factory": str(ASSETS / "tiny_models.py") + ":build_slow",
-                    "weights": str(tiny_weights),
-                    "target_layer": "features.3",
-                },
-                "preprocess": {"size": [32, 32]},
-                "runtime": {"batch_size": 2, "workers": 1, "device": "cpu"},
-            }
-        )
-    )
+    config = write_slow_config(tmp_path / "slow.yaml", tiny_weights, batch_size=2, workers=1)
     out = tmp_path / "out"
     return [
         sys.executable,

@@ -17,7 +17,7 @@ from gradcam_cli.cli import app
 from gradcam_cli.errors import ConfigError
 from gradcam_cli.io.lock import OutputLock
 from gradcam_cli.shards import parse_shard, shard_of
-from tests.conftest import ASSETS, REPO, random_image
+from tests.conftest import REPO, random_image, write_slow_config
 
 runner = CliRunner()
 VOLATILE = ("started_at", "finished_at")  # timestamps differ between any two runs
@@ -179,20 +179,7 @@ def _slow_command(tmp_path: Path, tiny_weights: Path, shard: str) -> tuple[list[
     if not folder.exists():
         for i in range(24):  # shard 0/2 gets 8 of these names, shard 1/2 gets 16
             random_image(folder / f"{i:02d}.png", 40, 30, seed=i)
-    config = tmp_path / "slow.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "model": {
-                    "factory": str(ASSETS / "tiny_models.py") + ":build_slow",
-                    "weights": str(tiny_weights),
-                    "target_layer": "features.3",
-                },
-                "preprocess": {"size": [32, 32]},
-                "runtime": {"batch_size": 1, "workers": 0, "device": "cpu"},
-            }
-        )
-    )
+    config = write_slow_config(tmp_path / "slow.yaml", tiny_weights, batch_size=1, workers=0)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "gradcam_cli.cli", "run", "-c", str(config), "-i", str(folder), "-o", str(out)]
     return [*command, "--shard", shard], out
