@@ -620,6 +620,24 @@ def todo_sources(
     return todo, lambda: walked[0]
 
 
+def account_records(
+    summary: RunSummary, written: list[dict[str, Any]], events: EventLog, progress: Any, skipped: int = 0
+) -> None:
+    """Count records made durable (and `skipped` images resume passed over) in the summary, the event log
+    and the progress bar; shared by both engines."""
+    for record in written:
+        if record["status"] == "error":
+            summary.failed += 1
+            events.emit("image_failed", path=record["path"], source=record["source"], error=record["error"])
+        else:
+            summary.ok += 1
+    summary.skipped += skipped
+    summary.total += len(written) + skipped
+    if progress is not None:
+        progress.update(len(written) + skipped)
+        progress.set_postfix(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, refresh=False)
+
+
 def start_summary(out_dir: Path) -> tuple[RunSummary, float]:
     """A fresh summary stamped now, and the perf_counter its `seconds` are measured from (both engines)."""
     summary = RunSummary(out_dir=out_dir)
@@ -650,16 +668,7 @@ def _stream(
     writer = _BatchWriter(prepared, out_dir, records, threads=max(2, min(8, os.cpu_count() or 2)))
 
     def account(written: list[dict[str, Any]]) -> None:
-        for record in written:
-            if record["status"] == "error":
-                summary.failed += 1
-                events.emit("image_failed", path=record["path"], source=record["source"], error=record["error"])
-            else:
-                summary.ok += 1
-        summary.total += len(written)
-        if progress is not None:
-            progress.update(len(written))
-            progress.set_postfix(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, refresh=False)
+        account_records(summary, written, events, progress)
 
     prepared.engine.show_progress = not options.quiet
     try:

@@ -240,7 +240,7 @@ def stream(
     import ray
 
     from gradcam_cli.io.manifest import RECORDS_NAME, RecordsWriter
-    from gradcam_cli.pipeline import _progress, _StopSignals, start_summary, todo_sources
+    from gradcam_cli.pipeline import _progress, _StopSignals, account_records, start_summary, todo_sources
 
     config = prepared.config
     summary, clock = start_summary(out_dir)
@@ -289,19 +289,9 @@ def stream(
                 written = [json.loads(line) for line in batch["record"] if line]
                 skipped = sum(1 for line in batch["record"] if not line)
                 records.write_batch(written)
-                summary.skipped += skipped
-                summary.total += skipped + len(written)
-                for record in written:
-                    if record["status"] == "error":
-                        summary.failed += 1
-                        events.emit("image_failed", path=record["path"], source=record["source"], error=record["error"])
-                    else:
-                        summary.ok += 1
+                account_records(summary, written, events, progress, skipped)
                 if len(batch["device"]):
                     summary.device = str(batch["device"][0])
-                if progress is not None:
-                    progress.update(len(written) + skipped)
-                    progress.set_postfix(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, refresh=False)
                 if stop.signum is not None:
                     summary.interrupted_by = stop.signum
                     break
