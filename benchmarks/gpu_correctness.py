@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gradcam_cli.config import parse_config  # noqa: E402
 from gradcam_cli.engine import METHODS, CamEngine, TargetSpec  # noqa: E402
-from gradcam_cli.pipeline import RunOptions, run  # noqa: E402
+from gradcam_cli.runner.options import RunOptions  # noqa: E402
+from gradcam_cli.runner.run import run  # noqa: E402
 
 FAILURES: list[str] = []
 

@@ -160,7 +160,8 @@ def run_floor(
 
 def run_ours(images: Path, weights: Path, out: Path, batch_size: int, device: str, precision: str) -> int:
     from gradcam_cli.config import parse_config
-    from gradcam_cli.pipeline import RunOptions, run
+    from gradcam_cli.runner.options import RunOptions
+    from gradcam_cli.runner.run import run
 
     config = parse_config(
         {
@@ -195,7 +196,7 @@ def child(args: argparse.Namespace) -> None:
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
-    import gradcam_cli.pipeline  # noqa: F401
+    import gradcam_cli.runner.run  # noqa: F401
 
     try:
         start = time.perf_counter()

@@ -5,14 +5,20 @@ Nothing heavy is imported at module level so `gradcam --help` stays fast (no tor
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gradcam_cli import __version__
-from gradcam_cli.errors import GradcamError
+from gradcam_cli.errors import GradcamError, GradcamWarning
+
+if TYPE_CHECKING:
+    from gradcam_cli.events import EventLog
 
 app = typer.Typer(
     name="gradcam",
@@ -27,6 +33,27 @@ app = typer.Typer(
 def _fail(error: GradcamError) -> typer.Exit:
     typer.echo(f"gradcam: error: {error}", err=True)
     return typer.Exit(code=error.exit_code)
+
+
+@contextlib.contextmanager
+def _warnings_to_user(quiet: bool, events: EventLog | None = None) -> Iterator[None]:
+    """Library code warns through `warnings` (GradcamWarning); here, at the edge, each becomes one line on
+    stderr (not with --quiet) and a `warning` event in --log-file. Other warnings keep Python's handling."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", GradcamWarning)
+        show_other = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if not issubclass(category, GradcamWarning):
+                show_other(message, category, *args, **kwargs)
+                return
+            if not quiet:
+                typer.echo(f"gradcam: warning: {message}", err=True)
+            if events is not None:
+                events.emit("warning", message=str(message))
+
+        warnings.showwarning = show
+        yield
 
 
 def _version(value: bool) -> None:
@@ -110,21 +137,18 @@ def run(
     by SIGINT/SIGTERM (finished batches are kept; rerun to resume).
     """
     from gradcam_cli.config import load_config
+    from gradcam_cli.runner.backends import check_backend_name
+    from gradcam_cli.runner.shards import parse_shard
 
     if log_format not in ("json", "text"):
         raise _fail(GradcamError(f"--log-format must be json or text, not {log_format!r}."))
-    if engine not in ("local", "ray"):
-        raise _fail(GradcamError(f"--engine must be local or ray, not {engine!r}."))
+    try:
+        check_backend_name(engine)
+        picked = parse_shard(shard) if shard is not None else None
+    except GradcamError as error:
+        raise _fail(error) from None
     if engine != "ray" and (ray_address is not None or ray_actors is not None):
         raise _fail(GradcamError("--ray-address and --ray-actors need --engine ray."))
-    picked = None
-    if shard is not None:
-        from gradcam_cli.shards import parse_shard
-
-        try:
-            picked = parse_shard(shard)
-        except GradcamError as error:
-            raise _fail(error) from None
     layer: Any = target_layer
     if target_layer is not None and "," in target_layer:
         layer = [name.strip() for name in target_layer.split(",") if name.strip()]
@@ -149,7 +173,7 @@ def run(
         cfg = load_config(config, overrides)
         if dry_run:
             from gradcam_cli.io.discovery import check_inputs
-            from gradcam_cli.resume import dry_run as plan_run
+            from gradcam_cli.runner.todo import dry_run as plan_run
 
             counts = plan_run(cfg, check_inputs(inputs), sys.stdin, not no_resume, limit, typer.echo, picked)
             others = f", {counts['other_shards']} in other shards" if picked else ""
@@ -159,28 +183,29 @@ def run(
             )
             raise typer.Exit(0)
         from gradcam_cli.events import EventLog
-        from gradcam_cli.pipeline import RunOptions
-        from gradcam_cli.pipeline import run as run_pipeline
+        from gradcam_cli.runner.options import RunOptions
+        from gradcam_cli.runner.run import run as run_images
 
         events = EventLog(log_file, log_format)
         try:
-            summary = run_pipeline(
-                cfg,
-                RunOptions(
-                    inputs=inputs,
-                    limit=limit,
-                    fail_fast=fail_fast,
-                    quiet=quiet,
-                    stdin=sys.stdin,
-                    resume=not no_resume,
-                    overwrite=overwrite,
-                    events=events,
-                    shard=picked,
-                    engine=engine,
-                    ray_address=ray_address,
-                    ray_actors=ray_actors,
-                ),
-            )
+            with _warnings_to_user(quiet, events):
+                summary = run_images(
+                    cfg,
+                    RunOptions(
+                        inputs=inputs,
+                        limit=limit,
+                        fail_fast=fail_fast,
+                        quiet=quiet,
+                        stdin=sys.stdin,
+                        resume=not no_resume,
+                        overwrite=overwrite,
+                        events=events,
+                        shard=picked,
+                        backend=engine,
+                        ray_address=ray_address,
+                        ray_actors=ray_actors,
+                    ),
+                )
         finally:
             events.close()
     except GradcamError as error:
@@ -209,16 +234,10 @@ def merge(
     has records in two shards' files (the message says which and what to do), 3 a plain run is writing
     to the folder.
     """
-    from gradcam_cli.shards import merge as merge_shards
+    from gradcam_cli.runner.run import merge_shards
 
     try:
         path, counts = merge_shards(out_dir)
-        from gradcam_cli.io.manifest import read_run_info
-
-        if ((read_run_info(path.parent) or {}).get("config") or {}).get("output", {}).get("report"):
-            from gradcam_cli.report import write_report  # output.report: true, as the last shard would
-
-            write_report(path.parent)
     except GradcamError as error:
         raise _fail(error) from None
     typer.echo(
@@ -237,17 +256,18 @@ def layers(config: ConfigOption) -> None:
     from gradcam_cli.config import load_config
 
     try:
-        cfg = load_config(config)
         import torch
 
-        from gradcam_cli.models import load_model, trace_layers
+        from gradcam_cli.models import auto_layer, load_model, trace_layers
+        from gradcam_cli.models.sources import with_source_defaults
 
-        loaded = load_model(cfg.model)
+        cfg = with_source_defaults(load_config(config))
+        with _warnings_to_user(quiet=False):
+            loaded = load_model(cfg.model)
         height, width = cfg.preprocess.size
         infos, _ = trace_layers(loaded.module, torch.zeros(1, 3, height, width))
     except GradcamError as error:
         raise _fail(error) from None
-    from gradcam_cli.models import auto_layer
 
     auto = auto_layer(infos)
     width_name = max((len(info.name) for info in infos), default=5)
@@ -309,8 +329,8 @@ def compare(
     )
     try:
         limits = load_compare_config(config, overrides)
-        from gradcam_cli.compare import compare_runs
-        from gradcam_cli.compare_reports import text_table, write_html, write_junit, write_markdown
+        from gradcam_cli.reports.compare import compare_runs
+        from gradcam_cli.reports.compare_formats import text_table, write_html, write_junit, write_markdown
 
         comparison = compare_runs(baseline, current, limits)
         for path, write in ((junit, write_junit), (markdown, write_markdown), (html, write_html)):
@@ -328,7 +348,7 @@ def compare(
 def report(out_dir: Annotated[Path, typer.Argument(help="Output folder of `gradcam run`.")]) -> None:
     """Write OUT_DIR/index.html: a gallery of the overlays with filters, sorting and the failures."""
     try:
-        from gradcam_cli.report import write_report
+        from gradcam_cli.reports.gallery import write_report
 
         page = write_report(out_dir)
     except GradcamError as error:

@@ -2,7 +2,9 @@
 
 Everything is validated once, here. Unknown keys and bad values become a `ConfigError` that names the
 key and suggests the closest valid one. Relative asset paths (weights, labels, factory files) resolve
-against the config file's folder; `output.dir` resolves against the working directory.
+against the config file's folder; `output.dir` resolves against the working directory. Loading a config
+never imports torch; preprocessing that a model source knows itself (timm's pretrained config, an ONNX
+graph's input size) is filled in later, by `models.sources.with_source_defaults`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pydantic import (
 from gradcam_cli.errors import ConfigError
 
 # Kept here (not imported from the engine) so loading a config never imports torch;
-# tests/test_engine_methods.py checks this tuple against the engine's registry.
+# tests/test_engine_methods.py checks this tuple against the engine's registry, as
+# tests/test_models_sources.py checks MODEL_SOURCES against models/sources.py.
 METHOD_NAMES: tuple[str, ...] = (
     "gradcam",
     "gradcam++",
@@ -54,6 +57,7 @@ COLORMAP_NAMES: tuple[str, ...] = (
     "parula",
     "cividis",
 )
+MODEL_SOURCES: tuple[str, ...] = ("torchvision", "timm", "factory", "pickled", "onnx")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -140,12 +144,10 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelConfig:
-        sources = [
-            name for name in ("torchvision", "timm", "factory", "pickled", "onnx") if getattr(self, name) is not None
-        ]
+        sources = [name for name in MODEL_SOURCES if getattr(self, name) is not None]
         if len(sources) != 1:
             raise ValueError(
-                "model needs exactly one of torchvision, timm, factory, pickled or onnx"
+                f"model needs exactly one of {', '.join(MODEL_SOURCES[:-1])} or {MODEL_SOURCES[-1]}"
                 + (f" (got {', '.join(sources)})" if sources else "")
             )
         if self.onnx is not None and (self.weights is not None or self.kwargs):
@@ -159,6 +161,11 @@ class ModelConfig(_Strict):
                 "torchvision/factory with weights instead"
             )
         return self
+
+    @property
+    def source(self) -> str:
+        """The one model source set (a key of MODEL_SOURCES)."""
+        return next(name for name in MODEL_SOURCES if getattr(self, name) is not None)
 
     @property
     def target_layers(self) -> list[str]:
@@ -333,10 +340,14 @@ class Config(_Strict):
         return hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()
 
 
-def did_you_mean(word: Any, choices: Any, n: int = 1, cutoff: float = 0.6) -> str:
-    """' (did you mean 'x', 'y'?)' for the closest choices, or '' when nothing is close."""
+def did_you_mean(word: Any, choices: Any, n: int = 1, cutoff: float = 0.6, sentence: bool = False) -> str:
+    """' (did you mean 'x', 'y'?)' for the closest choices, or '' when nothing is close; with `sentence`,
+    ' Did you mean 'x', 'y'?' to follow a full stop."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=cutoff)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    if not close:
+        return ""
+    names = ", ".join(repr(c) for c in close)
+    return f" Did you mean {names}?" if sentence else f" (did you mean {names}?)"
 
 
 def _fields_at(loc: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -382,21 +393,7 @@ def parse_config(data: Any, base_dir: Path, source: str = "config") -> Config:
         config = Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
-    if config.model.onnx is not None:
-        return with_onnx_defaults(config)
-    return with_timm_defaults(config) if config.model.timm else config
-
-
-def with_onnx_defaults(config: Config) -> Config:
-    """An ONNX graph with a fixed input size sets preprocess.size, unless the config sets it."""
-    if "size" in config.preprocess.model_fields_set or config.model.onnx is None:
-        return config
-    from gradcam_cli.onnx_model import graph_input_size
-
-    size = graph_input_size(config.model.onnx, config.model.input_layout)
-    if size is None or min(size) < 8:
-        return config
-    return config.model_copy(update={"preprocess": config.preprocess.model_copy(update={"size": size})})
+    return config
 
 
 def _explain(exc: ValidationError, source: str) -> str:
@@ -422,31 +419,6 @@ def load_compare_config(path: Path | None, overrides: dict[str, Any] | None = No
 
 class _CompareFile(_Strict):
     compare: CompareConfig
-
-
-def with_timm_defaults(config: Config) -> Config:
-    """timm models bring their preprocessing (size, mean, std); keys set in the config win."""
-    try:
-        import timm
-    except ImportError:
-        raise ConfigError(
-            "model.timm needs the optional timm extra: pip install 'gradcam-cli[timm]' (or pip install timm)."
-        ) from None
-    try:
-        pretrained = timm.get_pretrained_cfg(config.model.timm)
-    except Exception:  # timm raises several types for unknown names
-        pretrained = None
-    if pretrained is None:
-        hint = did_you_mean(config.model.timm, timm.list_models(), n=3)
-        raise ConfigError(f"model.timm: unknown timm model {config.model.timm!r}{hint}.")
-    chosen = config.preprocess.model_fields_set
-    defaults = {
-        "size": tuple(pretrained.input_size[-2:]),
-        "mean": tuple(pretrained.mean),
-        "std": tuple(pretrained.std),
-    }
-    update = {key: value for key, value in defaults.items() if key not in chosen}
-    return config.model_copy(update={"preprocess": config.preprocess.model_copy(update=update)})
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -36,3 +36,8 @@ class OutputError(GradcamError):
     """The output folder cannot be written (permissions, disk full); records written so far stay valid."""
 
     exit_code = EXIT_OUTPUT
+
+
+class GradcamWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI shows it unless --quiet and
+    records it in --log-file (library code never prints)."""

@@ -2,7 +2,8 @@
 
 Events: `run_started`, `image_failed` (one per error record), `run_finished` (with the summary),
 `stale_lock_taken_over` when a crashed run's lock was taken over, and for shards `shards_merged` (the last
-shard wrote the manifest) or `merge_failed` (it could not, and says why).
+shard wrote the manifest) or `merge_failed` (it could not, and says why), and `warning` for each warning the
+library raised (GradcamWarning; also printed on stderr unless --quiet).
 """
 
 from __future__ import annotations

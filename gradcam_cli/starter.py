@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gradcam_cli.config import Config, ModelConfig, did_you_mean, looks_like_path
+from gradcam_cli.config import MODEL_SOURCES, Config, ModelConfig, looks_like_path
 from gradcam_cli.errors import ConfigError
 from gradcam_cli.io.files import atomic_write_bytes
+from gradcam_cli.models.from_torchvision import check_classifier_name, weights_preprocessing
 
-MODEL_SOURCES = ("torchvision", "timm", "factory", "pickled", "onnx")
 SECTION_NOTES = {
     "model": "Which network to explain. Exactly one source: torchvision, timm, factory, pickled or onnx.",
     "preprocess": "How images become model input; heatmaps are mapped back onto the original pixels.",
@@ -70,36 +70,12 @@ def starter_config(model: str, weights: str, base_dir: Path, preprocess: dict[st
     return "\n".join(lines) + "\n"
 
 
-def check_torchvision_name(model: str) -> None:
-    """Image classifiers only: detection, segmentation, video and optical-flow models are not explained."""
-    import torchvision
-
-    names = torchvision.models.list_models(module=torchvision.models)
-    if model not in names:
-        other = model in torchvision.models.list_models()
-        why = " is not an image classifier (gradcam explains classifiers)" if other else " is not a torchvision model"
-        raise ConfigError(f"--model: {model!r}{why}{did_you_mean(model, names, n=3)}.")
-
-
-def weights_preprocessing(model: str, weights: str) -> dict[str, Any]:
-    """Input size, mean and std the named torchvision weights were trained with (no download)."""
-    from torchvision.models import get_model_weights
-
-    choices = get_model_weights(model)
-    names = ["DEFAULT", *(w.name for w in choices)]
-    if weights not in names:
-        raise ConfigError(f"--weights: {model} has no weights {weights!r}; choose one of {', '.join(names)}.")
-    transforms = choices[weights].transforms()
-    crop = int(transforms.crop_size[0])
-    return {"size": [crop, crop], "mean": list(transforms.mean), "std": list(transforms.std)}
-
-
 def write_starter_config(path: Path, model: str, weights: str, force: bool = False) -> Path:
     """Write the starter config to `path`; refuses to replace a file unless `force`."""
     path = Path(path)
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists; pass --force to replace it or choose another --output.")
-    check_torchvision_name(model)
+    check_classifier_name(model)
     if looks_like_path(weights):
         if not Path(weights).is_file():
             raise ConfigError(f"--weights: checkpoint file not found: {weights}.")

@@ -255,7 +255,7 @@ def test_output_report_writes_the_gallery_after_the_run(config_file, image_folde
     thumbnails = sorted((tmp_path / "out" / "thumbnails").rglob("*.jpg"))
     assert len(thumbnails) == 3
     # Made by the run from the overlay in memory: the same bytes the report makes from the PNG, and current.
-    from gradcam_cli.report import make_thumbnail
+    from gradcam_cli.reports.gallery import make_thumbnail
 
     overlay = tmp_path / "out" / "overlays" / "sub" / "b.png.png"
     assert (tmp_path / "out" / "thumbnails" / "sub" / "b.png.jpg").read_bytes() == make_thumbnail(overlay.read_bytes())

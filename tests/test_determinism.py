@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
-from gradcam_cli.compare import compare_runs
 from gradcam_cli.config import CompareConfig, load_compare_config
+from gradcam_cli.reports.compare import compare_runs
 from tests.conftest import REPO
 
 runner = CliRunner()

@@ -41,3 +41,15 @@ def test_quick_start_is_two_commands() -> None:
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(config: Path) -> None:
     load_config(config)
+
+
+def test_readme_module_map_names_every_module() -> None:
+    """`Where things live` follows the package: every module and folder is named there."""
+    start = README.index("### Where things live")
+    block = README[start : README.index("```\n\n", README.index("```", start) + 3)]
+    package = REPO / "gradcam_cli"
+    for path in sorted(package.rglob("*.py")):
+        if path.name != "__init__.py":
+            assert path.name in block, f"README's module map does not name {path.relative_to(package)}"
+    for folder in sorted(p for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        assert f"{folder.name}/" in block, f"README's module map does not name {folder.name}/"

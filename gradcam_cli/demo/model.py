@@ -22,7 +22,8 @@ STD = (0.229, 0.224, 0.225)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    # Out-of-place ReLU: in-place ops after a hooked layer break full backward hooks (Grad-CAM).
+    # Out-of-place ReLU, PyTorch's default. In-place would work as well: the engine continues the forward on a
+    # clone of the target layer's activation, so a later in-place op cannot change it.
     return [nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 

@@ -12,33 +12,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gradcam_cli.io.files import atomic_open, atomic_write_bytes, encode_png, inside
+from gradcam_cli.io.encode import encode_png, jpeg_preview
+from gradcam_cli.io.files import atomic_open, atomic_write_bytes, inside
 from gradcam_cli.io.overlay import blend
 
 HEATMAPS = "heatmaps"
 OVERLAYS = "overlays"
 RAW = "raw"
 THUMBNAILS = "thumbnails"
-THUMBNAIL_SIZE = 160  # long side, pixels
-THUMBNAIL_QUALITY = 85
 
 
 def thumbnail_name(image_path: str) -> str:
     """The gallery thumbnail of an image, relative to the output folder."""
     return f"{THUMBNAILS}/{image_path}.jpg"
-
-
-def thumbnail_jpeg(pixels_bgr: np.ndarray, size: int = THUMBNAIL_SIZE) -> bytes:
-    """JPEG bytes of a uint8 BGR (or grey) picture scaled (INTER_AREA) to `size` on its long side; never enlarged."""
-    height, width = pixels_bgr.shape[:2]
-    scale = size / max(height, width)
-    if scale < 1:
-        shape = (max(1, round(width * scale)), max(1, round(height * scale)))
-        pixels_bgr = cv2.resize(pixels_bgr, shape, interpolation=cv2.INTER_AREA)
-    ok, encoded = cv2.imencode(".jpg", pixels_bgr, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return encoded.tobytes()
 
 
 def output_name(path: str, class_index: int, several: bool, suffix: str = ".png") -> str:
@@ -81,7 +67,7 @@ def write_outputs(job: OutputJob) -> None:
         if job.thumbnail is not None and k == 0 and (overlay is not None or job.write_heatmaps):
             # written after its source, so `gradcam report` finds it current and does not decode the PNG again
             picture = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR) if overlay is not None else heatmap
-            atomic_write_bytes(inside(job.out_dir, job.thumbnail), thumbnail_jpeg(picture))
+            atomic_write_bytes(inside(job.out_dir, job.thumbnail), jpeg_preview(picture))
         if job.raw_feature is not None:
             stem = name.removesuffix(".png")
             _save_npy(inside(job.out_dir / RAW, stem + ".feature.npy"), job.raw_feature[k])

@@ -31,8 +31,8 @@ from typing import Any
 
 from gradcam_cli.errors import ConfigError, GradcamError
 from gradcam_cli.io.files import atomic_write_bytes
-from gradcam_cli.io.lock import OutputLock
 from gradcam_cli.io.manifest import RECORDS_NAME, latest_records, read_run_info, write_manifest
+from gradcam_cli.runner.lock import OutputLock
 
 RECORDS_PATTERN = re.compile(r"^records\.shard-(\d+)-of-(\d+)\.jsonl$")
 COMPLETE_PATTERN = re.compile(r"^complete\.shard-(\d+)-of-(\d+)\.json$")

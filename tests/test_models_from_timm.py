@@ -11,11 +11,18 @@ import torch
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
-from gradcam_cli.config import parse_config
+from gradcam_cli.config import Config
+from gradcam_cli.config import parse_config as parse_raw_config
 from gradcam_cli.errors import ConfigError
+from gradcam_cli.models.sources import with_source_defaults
 from tests.conftest import write_yaml
 
 timm = pytest.importorskip("timm")
+
+
+def parse_config(data: dict, base_dir: Path) -> Config:
+    """A config as `gradcam run` sees it: validated, then the model source's preprocessing filled in."""
+    return with_source_defaults(parse_raw_config(data, base_dir))
 
 
 def test_preprocessing_defaults_come_from_timm_unless_set(tmp_path: Path) -> None:

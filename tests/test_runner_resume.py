@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
-from gradcam_cli.io.lock import OutputLock
+from gradcam_cli.runner.lock import OutputLock
 from tests.conftest import REPO, random_image, write_slow_config
 
 runner = CliRunner()

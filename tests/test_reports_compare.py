@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
-from gradcam_cli.compare import compare_runs, heatmap_drift
 from gradcam_cli.config import CompareConfig
 from gradcam_cli.errors import ConfigError
+from gradcam_cli.reports.compare import compare_runs, heatmap_drift
 from tests.conftest import write_yaml
 
 runner = CliRunner()
@@ -222,7 +222,7 @@ def test_html_escapes_paths(tmp_path: Path) -> None:
     name = "<script>alert(1)</script>.jpg"
     baseline = fake_run(tmp_path / "a", {name: ("cat", blob((5, 5)))})
     current = fake_run(tmp_path / "b", {name: ("cat", blob((40, 40)))})
-    from gradcam_cli.compare_reports import html_page
+    from gradcam_cli.reports.compare_formats import html_page
 
     page = html_page(compare_runs(baseline, current, CompareConfig()))
     assert "<script>" not in page and "&lt;script&gt;" in page
@@ -236,9 +236,7 @@ def test_html_report_renders_in_chromium(two_runs: tuple[Path, Path], tmp_path: 
     assert result.exit_code == 1, result.output
     with chromium_page(width=1200, height=900) as page:
         page.open(page_path)
-        images = page.run_js(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])"
-        )
+        images = page.run_js("return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
         assert len(images) == 7  # 3 for each drifting image, the baseline only for the failed one
         assert all(complete and width > 0 for complete, width, _ in images), images
         assert page.run_js("return document.querySelectorAll('section.card').length") == 3
@@ -251,7 +249,7 @@ def test_untrusted_names_stay_text_in_every_report(tmp_path: Path) -> None:
     name = "a`![x](https://evil.example/p.png)`|\x01.jpg"
     baseline = fake_run(tmp_path / "a", {name: ("cat", blob((5, 5)))})
     current = fake_run(tmp_path / "b", {name: ("cat", blob((40, 40)))})
-    from gradcam_cli.compare_reports import markdown, write_junit
+    from gradcam_cli.reports.compare_formats import markdown, write_junit
 
     comparison = compare_runs(baseline, current, CompareConfig())
     summary = markdown(comparison)
@@ -325,7 +323,7 @@ def test_cli_options_override_the_config_section(two_runs: tuple[Path, Path], tm
 
 
 def test_difference_map_colours() -> None:
-    from gradcam_cli.compare_reports import difference_map
+    from gradcam_cli.reports.compare_formats import difference_map
 
     before = np.array([[0, 255, 100]], np.uint8)
     after = np.array([[255, 0, 100]], np.uint8)

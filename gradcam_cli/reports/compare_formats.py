@@ -20,11 +20,12 @@ import numpy as np
 from PIL import Image
 
 from gradcam_cli import __version__
-from gradcam_cli.compare import PASS, Comparison, ImageComparison, result_file
 from gradcam_cli.config import InputConfig
 from gradcam_cli.io.decode import ImageReadError, decode_bytes
+from gradcam_cli.io.encode import jpeg_preview
 from gradcam_cli.io.files import atomic_write_bytes
 from gradcam_cli.io.overlay import blend, colorize
+from gradcam_cli.reports.compare import PASS, Comparison, ImageComparison, result_file
 
 TABLE_ROWS = 40  # terminal and Markdown: enough to act on, short enough to read
 HTML_IMAGES = 100  # failing images shown with pictures; the rest are listed in the table
@@ -197,22 +198,15 @@ def _read_rgb(path: Path) -> np.ndarray | None:
         return None
 
 
-def _shrunk(pixels: np.ndarray) -> np.ndarray:
-    height, width = pixels.shape[:2]
-    scale = THUMB_SIDE / max(height, width)
-    if scale >= 1:
-        return pixels
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-
-
 def _data_uri(pixels: np.ndarray | None) -> str | None:
     """A JPEG data URI of the shrunk picture (a tenth of a PNG's size for photo overlays)."""
     if pixels is None:
         return None
-    bgr = cv2.cvtColor(_shrunk(pixels), cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else None
+    try:
+        encoded = jpeg_preview(cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), THUMB_SIDE)
+    except ValueError:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(encoded).decode()
 
 
 def difference_map(baseline: np.ndarray, current: np.ndarray) -> np.ndarray:

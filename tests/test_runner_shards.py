@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
 from gradcam_cli.errors import ConfigError
-from gradcam_cli.io.lock import OutputLock
-from gradcam_cli.shards import parse_shard, shard_of
+from gradcam_cli.runner.lock import OutputLock
+from gradcam_cli.runner.shards import parse_shard, shard_of
 from tests.conftest import REPO, random_image, write_slow_config
 
 runner = CliRunner()
@@ -221,17 +221,17 @@ def test_a_folder_created_while_the_model_loads_is_still_locked(
     config_file, image_folder: Path, tmp_path: Path, monkeypatch, shard: str | None
 ) -> None:
     """Array jobs start together on a new folder: a sibling may create it while this run loads its model."""
-    from gradcam_cli import pipeline
-    from gradcam_cli.shards import Shard
+    import gradcam_cli.runner.run as pipeline
+    from gradcam_cli.runner.shards import Shard
 
     out = tmp_path / "out"
     sibling = OutputLock(out, Shard(0, 2).lock_name if shard else ".gradcam.lock")
     real_prepare = pipeline.prepare
 
-    def prepare_while_a_sibling_starts(config):
+    def prepare_while_a_sibling_starts(config, build=None):
         out.mkdir()
         sibling.__enter__()
-        return real_prepare(config)
+        return real_prepare(config, build)
 
     monkeypatch.setattr(pipeline, "prepare", prepare_while_a_sibling_starts)
     try:
@@ -246,7 +246,7 @@ def test_a_folder_created_while_the_model_loads_is_still_locked(
 
 def test_a_sibling_with_another_config_is_refused_before_its_first_batch(config_file, tmp_path: Path) -> None:
     from gradcam_cli.config import load_config
-    from gradcam_cli.resume import claim_run_info
+    from gradcam_cli.runner.resume import claim_run_info
 
     out = tmp_path / "out"
     out.mkdir()

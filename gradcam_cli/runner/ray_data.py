@@ -1,18 +1,18 @@
-"""The Ray Data engine: `gradcam run --engine ray [--ray-address ADDR] [--ray-actors N]`.
+"""The Ray Data backend: `gradcam run --engine ray [--ray-address ADDR] [--ray-actors N]`.
 
-The same config and the same output folder as the local engine, on a Ray cluster:
+The same config and the same output folder as the local backend, on a Ray cluster:
 
     driver: discovery + resume (as a local run) -> ray.data.from_items(the pending sources)
-      -> map_batches(decode_batch)       CPU tasks: read, hash, decode, orient, resize (stages.DecodeDataset)
+      -> map_batches(decode_batch)       CPU tasks: read, hash, decode, orient, resize (loader.DecodeDataset)
       -> map_batches(CamActor)           a pool of model-holding actors (one GPU each when the cluster has
                                          GPUs): CAMs, then heatmaps and overlays written by the actor with
-                                         the local engine's code (pipeline.render_batch, io.outputs)
+                                         the local backend's code (render.render_batch, io.outputs)
       -> driver: records streamed back and appended to the same records.jsonl (or the shard's file)
 
 so the manifest, resume and the config guard are the same as a local run's. Every worker must see the
 output folder and the inputs at the same paths (shared storage), and import gradcam-cli and the model's
 factory. Without `--ray-address` a small local Ray instance is started (and shut down at the end).
-Ray is imported only here, and only when the engine is chosen; a missing extra is exit 2 with the hint.
+Ray is imported only here, and only when the backend is chosen; a missing extra is exit 2 with the hint.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from gradcam_cli.config import Config
 from gradcam_cli.errors import ConfigError, GradcamError, ModelError, OutputError
-
-if TYPE_CHECKING:
-    from gradcam_cli.events import EventLog
-    from gradcam_cli.pipeline import Prepared, RunOptions, RunSummary
+from gradcam_cli.io.manifest import RecordsWriter
+from gradcam_cli.runner.job import RunJob
+from gradcam_cli.runner.options import RunOptions, RunSummary, progress_bar
+from gradcam_cli.runner.signals import StopSignals
 
 INSTALL_HINT = (
     "--engine ray needs Ray Data, an optional extra: pip install 'gradcam-cli[ray]' (or pip install "
@@ -44,7 +44,7 @@ INSTALL_HINT = (
 )
 
 
-def require_ray() -> None:
+def require() -> None:
     """Exit 2 with the install hint when Ray Data is missing."""
     try:
         import ray  # noqa: F401
@@ -67,7 +67,7 @@ def _wants_gpu(config: Config) -> bool:
 # ---------------------------------------------------------------- remote side (tasks and actors)
 def decode_batch(batch: dict[str, np.ndarray], config: bytes) -> dict[str, np.ndarray]:
     """CPU task: pickled ImageSources -> pickled DecodedItems (errors and resume skips included)."""
-    from gradcam_cli.stages import DecodeDataset
+    from gradcam_cli.runner.loader import DecodeDataset
 
     loaded: Config = pickle.loads(config)
     dataset = DecodeDataset(loaded.preprocess, loaded.input, keep_original=loaded.output.overlays)
@@ -82,7 +82,7 @@ class CamActor:
     def __init__(self, config: bytes, out_dir: str, use_gpu: bool, threads: int) -> None:
         import torch
 
-        from gradcam_cli.pipeline import prepare
+        from gradcam_cli.runner.prepare import prepare
 
         loaded: Config = pickle.loads(config)
         if use_gpu:  # Ray exposes only this actor's GPU(s), so cuda:N of the config would not exist here
@@ -99,8 +99,8 @@ class CamActor:
 
         from gradcam_cli.io.manifest import dumps_record
         from gradcam_cli.io.outputs import write_outputs
-        from gradcam_cli.pipeline import _normalised, render_batch
-        from gradcam_cli.stages import collate
+        from gradcam_cli.runner.loader import collate, normalise
+        from gradcam_cli.runner.render import render_batch
 
         prepared = self.prepared
         items = [pickle.loads(item) for item in batch["item"]]
@@ -108,7 +108,7 @@ class CamActor:
         result = None
         if decoded.pixels is not None:
             with prepared.engine:
-                images = _normalised(decoded.pixels, prepared.config, prepared.device)
+                images = normalise(decoded.pixels, prepared.config.preprocess, prepared.device)
                 result = prepared.engine.explain(images, prepared.targets)
             if prepared.device.type == "cuda":
                 torch.cuda.synchronize(prepared.device)
@@ -227,24 +227,13 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray").setLevel(logging.ERROR)
 
 
-def stream(
-    prepared: Prepared,
-    inputs: list[str],
-    out_dir: Path,
-    done: dict[str, Any],
-    options: RunOptions,
-    events: EventLog,
-    records_path: Path | None = None,
-) -> RunSummary:
-    """pipeline._stream's contract on Ray: records durable per returned batch, summary counts, complete."""
+def stream(job: RunJob) -> RunSummary:
+    """The local backend's contract on Ray: records durable per returned batch, summary counts, complete."""
     import ray
 
-    from gradcam_cli.io.manifest import RECORDS_NAME, RecordsWriter
-    from gradcam_cli.pipeline import _progress, _StopSignals, account_records, start_summary, todo_sources
-
-    config = prepared.config
-    summary, clock = start_summary(out_dir)
-    todo, walked_all = todo_sources(config, inputs, out_dir, done, options, summary)
+    config, options, out_dir, events = job.prepared.config, job.options, job.out_dir, job.events
+    summary, clock = RunSummary.start(out_dir)
+    todo, walked_all = job.todo(summary)
     # The pending list lives on the driver (a few hundred bytes per image) for Ray to split into blocks.
     rows = [{"source": pickle.dumps(source)} for source in todo]
     if not rows:
@@ -252,8 +241,8 @@ def stream(
         summary.seconds = time.perf_counter() - clock
         return summary
     started_here = _connect(options)
-    records = RecordsWriter(records_path or out_dir / RECORDS_NAME)
-    progress = _progress(options.quiet)
+    records = RecordsWriter(job.records_path)
+    progress = progress_bar(options.quiet)
     try:
         _quiet_ray_data()
         actors, actor_resources, threads = _resources(config, options.ray_actors)
@@ -284,18 +273,15 @@ def stream(
             compute=ray.data.ActorPoolStrategy(size=actors),
             **actor_resources,
         )
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             for batch in _batches(dataset):
                 written = [json.loads(line) for line in batch["record"] if line]
                 skipped = sum(1 for line in batch["record"] if not line)
                 records.write_batch(written)
-                account_records(summary, written, events, progress, skipped)
+                summary.account(written, events, progress, skipped)
                 if len(batch["device"]):
                     summary.device = str(batch["device"][0])
-                if stop.signum is not None:
-                    summary.interrupted_by = stop.signum
-                    break
-                if options.fail_fast and any(r["status"] == "error" for r in written):
+                if summary.stop_after_batch(stop.signum, options.fail_fast, written):
                     break
             else:
                 summary.complete = walked_all()

@@ -1,8 +1,9 @@
 """The decode stage: files to model-size uint8 tensors, run in DataLoader worker processes.
 
 The main process streams `ImageSource`s from discovery in batch-sized chunks (a lazy batch sampler), so
-nothing lists the whole input; workers read, hash, decode, orient and resize; the engine normalises on
-the device. A file that cannot be decoded becomes an item with an error, never an exception.
+nothing lists the whole input; workers read, hash, decode, orient and resize; `normalise` turns a uint8
+batch into the model's input on the device. A file that cannot be decoded becomes an item with an error,
+never an exception.
 """
 
 from __future__ import annotations
@@ -149,3 +150,17 @@ def decoded_batches(
         worker_init_fn=_ignore_interrupts if workers else None,
     )
     yield from loader
+
+
+def normalise(pixels: torch.Tensor, preprocess: PreprocessConfig, device: torch.device) -> torch.Tensor:
+    """A uint8 (B, 3, H, W) batch as the model's input on `device`: pixel range, channel order, mean/std."""
+    x = pixels.to(device, non_blocking=True).float().div_(255.0)
+    low, high = preprocess.pixel_range  # 0..255 onto [low, high], then channel order, then mean/std
+    if (low, high) != (0.0, 1.0):
+        x = x.mul_(high - low).add_(low)
+    if preprocess.channel_order == "bgr":
+        x = x.flip(1)
+    mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if device.type in ("cpu", "cuda") else x

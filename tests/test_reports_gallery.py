@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 
 from gradcam_cli.errors import GradcamError
-from gradcam_cli.report import REPORT_NAME, THUMBNAIL_SIZE, url, write_report, write_thumbnails
+from gradcam_cli.io.encode import THUMBNAIL_SIZE
+from gradcam_cli.reports.gallery import REPORT_NAME, url, write_report, write_thumbnails
 from tests.browser import artifact, chromium_page
 from tests.conftest import REPO
 
@@ -46,8 +47,15 @@ def _png(path: Path, size: tuple[int, int], colour: tuple[int, ...] | int) -> No
     path.write_bytes(_png_bytes(size, colour))
 
 
-def _ok(out: Path, path: str, scores: list[float], labels: list[str], overlays: bool = True,
-        size: tuple[int, int] = (320, 240), k: int = 1) -> dict[str, Any]:
+def _ok(
+    out: Path,
+    path: str,
+    scores: list[float],
+    labels: list[str],
+    overlays: bool = True,
+    size: tuple[int, int] = (320, 240),
+    k: int = 1,
+) -> dict[str, Any]:
     """An ok record with `k` cams; its heatmaps (grey 90 + rank) and overlays (COLOURS[rank]) on disk."""
     cams = []
     for rank in range(k):
@@ -55,29 +63,72 @@ def _ok(out: Path, path: str, scores: list[float], labels: list[str], overlays: 
         _png(out / "heatmaps" / name, size, 90 + rank)
         if overlays:
             _png(out / "overlays" / name, size, COLOURS[rank])
-        cams.append({"rank": rank, "class_index": rank, "label": labels[rank], "score": scores[rank],
-                     "heatmap": f"heatmaps/{name}", "overlay": f"overlays/{name}" if overlays else None,
-                     "quality": "ok", "raw_max": 0.5 / (rank + 1)})
-    predictions = [{"class_index": i, "label": label, "score": score}
-                   for i, (label, score) in enumerate(zip(labels, scores, strict=True))]
-    return {"path": path, "source": f"/data/{path}", "archive": None, "member": None, "file_size": 1, "mtime_ns": 1,
-            "sha256": "0" * 64, "width": size[0], "height": size[1], "status": "ok", "predictions": predictions,
-            "cams": cams, "error": None}
+        cams.append(
+            {
+                "rank": rank,
+                "class_index": rank,
+                "label": labels[rank],
+                "score": scores[rank],
+                "heatmap": f"heatmaps/{name}",
+                "overlay": f"overlays/{name}" if overlays else None,
+                "quality": "ok",
+                "raw_max": 0.5 / (rank + 1),
+            }
+        )
+    predictions = [
+        {"class_index": i, "label": label, "score": score}
+        for i, (label, score) in enumerate(zip(labels, scores, strict=True))
+    ]
+    return {
+        "path": path,
+        "source": f"/data/{path}",
+        "archive": None,
+        "member": None,
+        "file_size": 1,
+        "mtime_ns": 1,
+        "sha256": "0" * 64,
+        "width": size[0],
+        "height": size[1],
+        "status": "ok",
+        "predictions": predictions,
+        "cams": cams,
+        "error": None,
+    }
 
 
 def _failed(path: str, kind: str, message: str) -> dict[str, Any]:
-    return {"path": path, "source": f"/data/{path}", "archive": None, "member": None, "file_size": 0, "mtime_ns": 1,
-            "sha256": None, "width": None, "height": None, "status": "error", "predictions": [], "cams": [],
-            "error": {"type": kind, "message": message}}
+    return {
+        "path": path,
+        "source": f"/data/{path}",
+        "archive": None,
+        "member": None,
+        "file_size": 0,
+        "mtime_ns": 1,
+        "sha256": None,
+        "width": None,
+        "height": None,
+        "status": "error",
+        "predictions": [],
+        "cams": [],
+        "error": {"type": kind, "message": message},
+    }
 
 
 def _manifest(out: Path, records: list[dict[str, Any]], **header: Any) -> Path:
     failed = sum(r["status"] == "error" for r in records)
     manifest = {
-        "schema_version": 1, "tool": {"name": "gradcam-cli", "version": "0.1.0"}, "config": {},
-        "config_hash": "ab" * 32, "method": "gradcam", "target_layer": "features", "targets": "top1",
-        "device": "cpu", "precision": "fp32", "started_at": "2026-01-01T00:00:00+00:00",
-        "finished_at": "2026-01-01T00:00:01+00:00", "normalization": "min-max",
+        "schema_version": 1,
+        "tool": {"name": "gradcam-cli", "version": "0.1.0"},
+        "config": {},
+        "config_hash": "ab" * 32,
+        "method": "gradcam",
+        "target_layer": "features",
+        "targets": "top1",
+        "device": "cpu",
+        "precision": "fp32",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T00:00:01+00:00",
+        "normalization": "min-max",
         "model": {"source": "factory:demo", "weights": None, "checkpoint_sha256": None, "num_classes": 3},
         "summary": {"total": len(records), "ok": len(records) - failed, "failed": failed, "skipped": 0},
         "images": records,
@@ -240,7 +291,7 @@ def test_never_reads_or_writes_outside_the_folder(tmp_path: Path) -> None:
 
 
 def test_report_does_not_import_torch() -> None:
-    code = "import sys, gradcam_cli.report; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, gradcam_cli.reports.gallery; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -334,7 +385,7 @@ def test_detail_view(page, run_dir: Path) -> None:
     _loaded(page, "#detail .cam img")
     page.press("ESCAPE")
     page.wait_for("return !document.getElementById('detail').open")
-    page.click('#failures-body button')  # a failure opens its detail, with the error
+    page.click("#failures-body button")  # a failure opens its detail, with the error
     assert page.run_js("return document.querySelector('#detail .error-box').textContent") == (
         "NotAnImage: " + HOSTILE_MESSAGE
     )

@@ -1,4 +1,4 @@
-"""What an output folder already holds, and what a run still has to do (no torch here).
+"""What an output folder already holds, and which earlier results a run may keep (no torch here).
 
 Rerunning with the same output folder and the same effective config processes only new or changed
 images: an ok record whose file size and mtime still match is skipped at once; one whose size or mtime
@@ -13,34 +13,16 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
 
 from gradcam_cli.config import Config
 from gradcam_cli.errors import ConfigError
-from gradcam_cli.io.discovery import Filters, ImageSource, discover
-from gradcam_cli.io.lock import OutputLock
-from gradcam_cli.io.manifest import (
-    MANIFEST_NAME,
-    RECORDS_NAME,
-    RUN_NAME,
-    DoneImage,
-    load_done,
-    read_run_info,
-    write_run_info,
-)
+from gradcam_cli.io.discovery import ImageSource
+from gradcam_cli.io.manifest import MANIFEST_NAME, RECORDS_NAME, RUN_NAME, DoneImage, read_run_info, write_run_info
 from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW
-from gradcam_cli.shards import Shard, complete_markers, shard_records_files
+from gradcam_cli.runner.lock import OutputLock
+from gradcam_cli.runner.shards import Shard, complete_markers, shard_records_files
 
 RUN_INFO_LOCK_NAME = ".gradcam.run-info.lock"
-
-
-def filters_of(config: Config) -> Filters:
-    return Filters(
-        extensions=config.input.extensions,
-        include=config.input.include,
-        exclude=config.input.exclude,
-        follow_symlinks=config.input.follow_symlinks,
-    )
 
 
 def check_previous_config(out_dir: Path, config: Config) -> None:
@@ -126,56 +108,3 @@ def pending(
             on_skip(source)
         else:
             yield replace(source, known_sha256=previous.sha256)
-
-
-def in_shard(sources: Iterable[ImageSource], shard: Shard | None) -> Iterator[ImageSource]:
-    """The sources of one shard (all of them without --shard)."""
-    for source in sources:
-        if shard is None or shard.owns(source.path):
-            yield source
-
-
-def limited(sources: Iterable[ImageSource], limit: int | None) -> Iterator[ImageSource]:
-    for count, source in enumerate(sources):
-        if limit is not None and count >= limit:
-            return
-        yield source
-
-
-def dry_run(
-    config: Config,
-    inputs: list[str],
-    stdin: TextIO | None,
-    resume: bool,
-    limit: int | None,
-    echo: Callable[[str], None],
-    shard: Shard | None = None,
-) -> dict[str, int]:
-    """Print what a run would process, skip (already done) and ignore, without loading the model.
-
-    With a shard, only its images are listed; `other_shards` counts the rest."""
-    out_dir = config.output.dir.resolve()
-    done = load_done(out_dir / (shard.records_name if shard else RECORDS_NAME)) if resume else {}
-    counts = {"process": 0, "skip": 0, "ignore": 0, "other_shards": 0}
-
-    def mine(sources: Iterable[ImageSource]) -> Iterator[ImageSource]:
-        for source in sources:
-            if shard is None or shard.owns(source.path):
-                yield source
-            else:
-                counts["other_shards"] += 1
-
-    def ignore(path: str, reason: str) -> None:
-        counts["ignore"] += 1
-        echo(f"ignore   {path}  ({reason})")
-
-    def skip(source: ImageSource) -> None:
-        counts["skip"] += 1
-        echo(f"skip     {source.path}  (done)")
-
-    sources = discover(inputs, filters_of(config), stdin, exclude=out_dir, ignored=ignore)
-    for source in limited(pending(mine(sources), done, skip), limit):
-        counts["process"] += 1
-        note = "  (changed size or mtime: re-hashed, skipped if identical)" if source.known_sha256 else ""
-        echo(f"process  {source.path}{note}")
-    return counts

@@ -16,13 +16,14 @@ graph is adapted to the pipeline's conventions:
 After conversion, a batch of two is checked against the two images one at a time: exports with a fixed
 batch of 1 usually batch anyway; nodes that do not (a Reshape to a hard-coded `[1, ...]`) are run once per
 image, with a warning; a graph that batches wrongly even then is a ModelError asking for a dynamic-batch
-export (a whole-module per-image loop would break the engine's single activation capture). Needs the
-optional extra `gradcam-cli[onnx]` (onnx, onnx2torch), imported only here.
+export; when no node-by-node repair works, the run falls back to batch size 1 (manifest `max_batch`), with a
+warning. Warnings go through `warnings` (GradcamWarning), so the CLI shows them, `--quiet` silences them and
+`--log-file` records them. Needs the optional extra `gradcam-cli[onnx]` (onnx, onnx2torch), imported only here.
 """
 
 from __future__ import annotations
 
-import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from gradcam_cli.errors import ConfigError, ModelError
+from gradcam_cli.config import ModelConfig
+from gradcam_cli.errors import ConfigError, GradcamWarning, ModelError
+from gradcam_cli.models.built import Built
+from gradcam_cli.models.checkpoints import file_sha256
 
 MAX_OPSET = 17  # onnx2torch has converters for (nearly) every operator up to this opset
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
@@ -38,8 +42,9 @@ SHAPE_ONLY_OPS = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 FLOAT_TYPE = 1  # onnx.TensorProto.FLOAT
 NCHW_INPUT = "gradcam_input_nchw"
 TRANSPOSE_NODE = "gradcam/nchw_to_nhwc"
-# A graph that cannot batch is refused at load: running the whole module once per image would fire the target
-# layer's hook once per image, and the engine (engine/base.py) keeps a single activation leaf per batch.
+# The message of the repair step that found no fix; the caller then runs the graph at batch size 1 (running the
+# whole module once per image inside one batch would fire the target layer's hook once per image, and the
+# engine keeps a single activation leaf per batch).
 BATCH_ONE_HINT = (
     "gradcam cannot run it image by image (runtime.batch_size: 1 does not help: this check runs when the model "
     "is loaded). Re-export it with a dynamic batch dimension: torch.onnx.export(..., input_names=['input'], "
@@ -212,12 +217,13 @@ def _strip_softmax(model: Any) -> str | None:
             return node.op_type
     near = _softmax_near(output.name, producer)
     if near is not None:
-        print(
-            f"gradcam: warning: the ONNX graph's output is computed from {near.op_type} node {near.name!r}, which "
+        warnings.warn(
+            f"the ONNX graph's output is computed from {near.op_type} node {near.name!r}, which "
             "cannot be removed safely (other operations follow it or it is not over the classes); it is kept, so "
             "the reported scores are a softmax of that output and CAMs explain it, not the class logits. Export "
             "the network without the final softmax to explain logits.",
-            file=sys.stderr,
+            GradcamWarning,
+            stacklevel=2,
         )
     return None
 
@@ -471,20 +477,21 @@ def _ensure_batches(module: fx.GraphModule, found: GraphInput) -> tuple[list[str
         owner = module.get_submodule(parent) if parent else module
         setattr(owner, leaf, PerImage(module.get_submodule(str(node.target)), split))
     if not nodes or not _batches_like_singles(module, images):
-        print(
-            "gradcam: warning: the ONNX graph only works on one image at a time (a fixed batch of 1 that could not "
+        warnings.warn(
+            "the ONNX graph only works on one image at a time (a fixed batch of 1 that could not "
             "be repaired node by node); running with batch size 1, which is slower. Re-export it with a dynamic "
             "batch dimension for full speed: torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}).",
-            file=sys.stderr,
+            GradcamWarning,
+            stacklevel=2,
         )
         return [str(node.target) for node, _ in nodes], 1
     names = [str(node.target) for node, _ in nodes]
     message = (
-        f"gradcam: warning: the ONNX graph has a fixed batch size of 1; {len(names)} node(s) run once per image "
+        f"the ONNX graph has a fixed batch size of 1; {len(names)} node(s) run once per image "
         f"({', '.join(names[:3])}{' ...' if len(names) > 3 else ''}). Re-export with a dynamic batch dimension "
         "for full speed."
     )
-    print(message, file=sys.stderr)
+    warnings.warn(message, GradcamWarning, stacklevel=2)
     return names, None
 
 
@@ -513,3 +520,16 @@ def load_onnx(path: Path, input_layout: str = "auto") -> tuple[nn.Module, dict[s
         "max_batch": max_batch,
     }
     return module, description
+
+
+def build(config: ModelConfig) -> Built:
+    """The converted graph, and what was done to it (for the manifest)."""
+    assert config.onnx is not None
+    module, adapted = load_onnx(config.onnx, config.input_layout)
+    return Built(module, checkpoint_sha256=file_sha256(config.onnx), description=adapted)
+
+
+def preprocessing(config: ModelConfig) -> dict[str, Any]:
+    """A graph with a fixed input size sets preprocess.size."""
+    size = graph_input_size(config.onnx, config.input_layout) if config.onnx is not None else None
+    return {"size": size} if size is not None and min(size) >= 8 else {}

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
 from gradcam_cli.config import load_config, parse_config
-from gradcam_cli.errors import ConfigError
+from gradcam_cli.errors import ConfigError, GradcamWarning
 from gradcam_cli.models import load_model
 from tests.conftest import ASSETS, calibrated_random_model, random_image, write_yaml
 
@@ -173,9 +173,10 @@ def test_nhwc_softmax_caffe_export(tmp_path: Path, images: Path, tiny_weights: P
 def test_fixed_batch_nodes_run_per_image(tmp_path: Path, images: Path, tiny_weights: Path, capfd) -> None:
     export(FixedBatch(tiny(tiny_weights)), tmp_path / "fixed.onnx", shape=(1, 3, 32, 32))
     config = config_for(tmp_path / "onnx", {"onnx": "../fixed.onnx", "target_layer": "features/features/3/Conv"})
-    loaded = load_model(load_config(config).model)
+    with pytest.warns(GradcamWarning, match="run once per image"):
+        loaded = load_model(load_config(config).model)
     (node,) = loaded.description["per_image_nodes"]
-    assert "Reshape" in node and "run once per image" in capfd.readouterr().err
+    assert "Reshape" in node
     batch = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(loaded.module(batch), tiny(tiny_weights)(batch), rtol=1e-4, atol=1e-5)
@@ -186,7 +187,7 @@ def test_a_graph_that_cannot_batch_runs_image_by_image(
     tmp_path: Path, images: Path, tiny_weights: Path, capfd, monkeypatch
 ) -> None:
     """When no node-by-node repair works, the run falls back to batch 1 with a warning (and still agrees)."""
-    from gradcam_cli import onnx_model
+    from gradcam_cli.models import from_onnx as onnx_model
 
     def no_repair(module, inputs):
         raise onnx_model._NoBatch("no repair")
@@ -194,11 +195,25 @@ def test_a_graph_that_cannot_batch_runs_image_by_image(
     monkeypatch.setattr(onnx_model, "_unbatched_nodes", no_repair)
     export(FixedBatch(tiny(tiny_weights)), tmp_path / "fixed.onnx", shape=(1, 3, 32, 32))
     config = config_for(tmp_path / "onnx", {"onnx": "../fixed.onnx", "target_layer": "features/features/3/Conv"})
-    assert load_model(load_config(config).model).description["max_batch"] == 1
-    assert "running with batch size 1" in capfd.readouterr().err
+    with pytest.warns(GradcamWarning, match="running with batch size 1"):
+        assert load_model(load_config(config).model).description["max_batch"] == 1
     ours = run_cli(config, images)
     assert ours["config"]["runtime"]["batch_size"] == 1
+
     assert_same_results(ours, run_cli(native_tiny(tmp_path / "native", tiny_weights), images))
+
+
+def test_library_warnings_reach_the_user_through_the_cli_only(tmp_path: Path, images: Path, tiny_weights: Path) -> None:
+    """The per-image fallback warning: one line on stderr, none with --quiet, an event in --log-file."""
+    export(FixedBatch(tiny(tiny_weights)), tmp_path / "fixed.onnx", shape=(1, 3, 32, 32))
+    config = config_for(tmp_path / "onnx", {"onnx": "../fixed.onnx", "target_layer": "features/features/3/Conv"})
+    log = tmp_path / "events.jsonl"
+    shown = runner.invoke(app, ["run", "-c", str(config), "-i", str(images), "--no-resume"])
+    assert shown.exit_code == 0 and "gradcam: warning: the ONNX graph has a fixed batch size" in shown.stderr
+    quiet = runner.invoke(app, ["run", "-c", str(config), "-i", str(images), "-q", "--log-file", str(log)])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr, quiet.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["event"] == "warning" and "fixed batch size" in e["message"] for e in events)
 
 
 def test_opset_newer_than_the_converter_is_converted_down(tmp_path: Path, tiny_weights: Path) -> None:
@@ -268,7 +283,7 @@ def test_input_layout_detection(
 ) -> None:
     from onnx import helper
 
-    from gradcam_cli.onnx_model import graph_input
+    from gradcam_cli.models.from_onnx import graph_input
 
     model = helper_model(shape, helper.make_node("Identity", ["x"], ["y"]))
     found = graph_input(model, setting)
@@ -279,7 +294,7 @@ def test_input_layout_detection(
 def test_grayscale_input_is_a_clear_error() -> None:
     from onnx import helper
 
-    from gradcam_cli.onnx_model import graph_input
+    from gradcam_cli.models.from_onnx import graph_input
 
     with pytest.raises(ConfigError, match="1 channels; gradcam feeds RGB"):
         graph_input(helper_model([1, 1, 28, 28], helper.make_node("Identity", ["x"], ["y"])))
@@ -424,8 +439,11 @@ def test_softmax_before_shape_nodes_is_removed(after: list[Any], tmp_path: Path,
     ]
     model = softmax_graph(*nodes)
     write_model(model, tmp_path / "soft.onnx")
-    loaded = load_model(parse_config({"model": {"onnx": "soft.onnx"}}, tmp_path).model)
-    assert loaded.description["softmax_removed"] is True and "Softmax" not in capfd.readouterr().err
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        loaded = load_model(parse_config({"model": {"onnx": "soft.onnx"}}, tmp_path).model)
+    assert loaded.description["softmax_removed"] is True
+    assert not [w for w in seen if issubclass(w.category, GradcamWarning) and "Softmax" in str(w.message)]
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         probabilities = torch.softmax(loaded.module(x), dim=1).numpy()
@@ -442,9 +460,9 @@ def test_softmax_followed_by_arithmetic_is_kept_with_a_warning(tmp_path: Path, c
 
     model = softmax_graph(helper.make_node("Mul", ["s", "two"], ["y"], name="scale"))
     write_model(model, tmp_path / "scaled.onnx")
-    loaded = load_model(parse_config({"model": {"onnx": "scaled.onnx"}}, tmp_path).model)
+    with pytest.warns(GradcamWarning, match="Softmax node 'probs'"):
+        loaded = load_model(parse_config({"model": {"onnx": "scaled.onnx"}}, tmp_path).model)
     assert loaded.description["softmax_removed"] is False
-    assert "Softmax node 'probs'" in capfd.readouterr().err
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         np.testing.assert_allclose(loaded.module(x).numpy(), reference_output(model, x), rtol=1e-4, atol=1e-6)

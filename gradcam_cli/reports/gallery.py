@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -27,9 +26,10 @@ import cv2
 import numpy as np
 
 from gradcam_cli.errors import OutputError
-from gradcam_cli.io.files import atomic_write_bytes, inside
+from gradcam_cli.io.encode import THUMBNAIL_SIZE, jpeg_preview
+from gradcam_cli.io.files import Within, atomic_write_bytes, inside
 from gradcam_cli.io.manifest import read_manifest
-from gradcam_cli.io.outputs import THUMBNAIL_SIZE, thumbnail_jpeg, thumbnail_name
+from gradcam_cli.io.outputs import thumbnail_name
 
 REPORT_NAME = "index.html"
 PAGE_SIZE = 200
@@ -41,39 +41,7 @@ def url(relative: str) -> str:
     return relative if _URL_SAFE.fullmatch(relative) else quote(relative, safe="/")
 
 
-class _Within:
-    """`inside(root, relative)` for thousands of paths: each folder is resolved once, not every file.
-
-    The last component is not resolved: files are written by renaming over it (never through a link) and
-    every folder on the way is checked, so nothing lands outside the root. File times are cached.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root).resolve()
-        self._folders: dict[str, str] = {"": str(self.root)}
-        self._mtimes: dict[str, int | None] = {}
-
-    def path(self, relative: str) -> str:
-        folder, _, name = relative.rpartition("/")
-        if name in ("", ".", "..") or relative.startswith("/"):
-            raise ValueError(f"refusing a path outside the output folder: {relative}")
-        base = self._folders.get(folder)
-        if base is None:
-            base = self._folders[folder] = str(inside(self.root, folder))
-        return os.path.join(base, name)
-
-    def mtime(self, relative: str) -> int | None:
-        """mtime_ns of a regular file inside the root; None when missing, not a file or outside."""
-        if relative not in self._mtimes:
-            try:
-                info = os.stat(self.path(relative))
-                self._mtimes[relative] = info.st_mtime_ns if stat.S_ISREG(info.st_mode) else None
-            except (ValueError, OSError):
-                self._mtimes[relative] = None
-        return self._mtimes[relative]
-
-
-def _existing(within: _Within, relative: Any) -> str | None:
+def _existing(within: Within, relative: Any) -> str | None:
     """`relative` when it names a file inside the output folder, else None (missing, absent or escaping)."""
     if not isinstance(relative, str) or not relative:
         return None
@@ -85,7 +53,7 @@ def _cams(record: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(cams, key=lambda c: c.get("rank") if isinstance(c.get("rank"), int) else 0)
 
 
-def thumbnail_source(within: _Within, record: dict[str, Any]) -> str | None:
+def thumbnail_source(within: Within, record: dict[str, Any]) -> str | None:
     """What the thumbnail shows: the rank-0 cam's overlay, else its heatmap (overlays off), else nothing."""
     cams = _cams(record)
     if not cams:
@@ -102,10 +70,10 @@ def make_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> bytes:
         pixels = (pixels >> 8).astype(np.uint8)
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
-    return thumbnail_jpeg(pixels, size)
+    return jpeg_preview(pixels, size)
 
 
-def _make_thumbnail(within: _Within, name: str, source: str) -> bool:
+def _make_thumbnail(within: Within, name: str, source: str) -> bool:
     """Write one thumbnail; False when its overlay cannot be read (the card then shows no picture)."""
     try:
         with open(within.path(source), "rb") as handle:
@@ -125,7 +93,7 @@ def write_thumbnails(out_dir: Path, records: Iterable[dict[str, Any]], workers: 
 
     A thumbnail is remade only when it is missing or older than its source, so reopening is cheap.
     """
-    within = _Within(out_dir)
+    within = Within(out_dir)
     current: dict[str, str] = {}
     stale: list[tuple[str, str, str]] = []  # image path, thumbnail name, source name
     for record in records:
@@ -167,7 +135,7 @@ def _label(entry: dict[str, Any]) -> str | None:
     return f"class {index}" if isinstance(index, int) else None
 
 
-def _image_data(within: _Within, record: dict[str, Any], thumbnails: dict[str, str]) -> dict[str, Any]:
+def _image_data(within: Within, record: dict[str, Any], thumbnails: dict[str, str]) -> dict[str, Any]:
     path = record["path"]
     cams = []
     for cam in _cams(record):
@@ -212,7 +180,7 @@ def _image_data(within: _Within, record: dict[str, Any], thumbnails: dict[str, s
 
 def report_data(out_dir: Path, manifest: dict[str, Any], thumbnails: dict[str, str]) -> dict[str, Any]:
     """What the page's script reads: one entry per image, in manifest order, with escaped relative URLs."""
-    within = _Within(out_dir)
+    within = Within(out_dir)
     images = [
         _image_data(within, record, thumbnails)
         for record in manifest.get("images") or []
@@ -273,7 +241,7 @@ def _script_json(data: Any) -> str:
 
 def render_report(out_dir: Path, manifest: dict[str, Any], data: dict[str, Any]) -> str:
     """The complete page: the template with the title, header and data filled in (one pass, no re-scan)."""
-    template = resources.files("gradcam_cli").joinpath("templates/report.html").read_text(encoding="utf-8")
+    template = resources.files("gradcam_cli.reports").joinpath("templates/report.html").read_text(encoding="utf-8")
     values = {
         "TITLE": html.escape(f"Grad-CAM report: {Path(out_dir).resolve().name}"),
         "HEADER": _header(out_dir, manifest, data),

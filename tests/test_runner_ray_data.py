@@ -30,7 +30,8 @@ def test_missing_ray_extra_is_a_usage_error_with_the_install_hint(
 def test_ray_engine_matches_the_local_engine(config_file, image_folder: Path, tmp_path: Path) -> None:
     pytest.importorskip("ray.data")
     from gradcam_cli.config import load_config
-    from gradcam_cli.pipeline import RunOptions, run
+    from gradcam_cli.runner.options import RunOptions
+    from gradcam_cli.runner.run import run
 
     (image_folder / "broken.jpg").write_bytes(b"not an image")
     config = config_file(runtime={"batch_size": 2})
@@ -38,7 +39,7 @@ def test_ray_engine_matches_the_local_engine(config_file, image_folder: Path, tm
     local = run(load_config(config, {"output.dir": str(local_out)}), RunOptions(inputs=[str(image_folder)], quiet=True))
     summary = run(
         load_config(config, {"output.dir": str(ray_out)}),
-        RunOptions(inputs=[str(image_folder)], quiet=True, engine="ray", ray_actors=2),
+        RunOptions(inputs=[str(image_folder)], quiet=True, backend="ray", ray_actors=2),
     )
     assert (summary.ok, summary.failed, summary.exit_code) == (local.ok, local.failed, 1) == (3, 1, 1)
     assert summary.complete and summary.device == "cpu"
@@ -65,7 +66,7 @@ def test_ray_engine_matches_the_local_engine(config_file, image_folder: Path, tm
     (image_folder / "broken.jpg").unlink()  # (failed images are retried)
     again = run(
         load_config(config, {"output.dir": str(ray_out)}),
-        RunOptions(inputs=[str(image_folder)], quiet=True, engine="ray", ray_actors=2),
+        RunOptions(inputs=[str(image_folder)], quiet=True, backend="ray", ray_actors=2),
     )
     assert (again.ok, again.failed, again.skipped, again.complete) == (0, 0, 3, True)
 
@@ -75,7 +76,7 @@ def test_cluster_checks_come_before_the_output_folder(
 ) -> None:
     """A set-up error (no GPU for runtime.device cuda, too many GPU actors) exits 2 with nothing written."""
     ray = pytest.importorskip("ray")
-    from gradcam_cli import ray_engine
+    from gradcam_cli.runner import ray_data as ray_engine
 
     monkeypatch.setattr(ray_engine, "_connect", lambda options: False)  # no real cluster needed
 
@@ -100,7 +101,7 @@ def test_cluster_checks_come_before_the_output_folder(
 
 def test_a_write_failure_in_an_actor_exits_like_a_full_disk() -> None:
     from gradcam_cli.errors import EXIT_OUTPUT
-    from gradcam_cli.ray_engine import _failure
+    from gradcam_cli.runner.ray_data import _failure
 
     class RemoteError(Exception):  # how Ray wraps an actor's exception: the original in `.cause`
         def __init__(self, cause: BaseException) -> None:

@@ -1,0 +1,180 @@
+"""`gradcam run` as a library call: set-up (validated, nothing written), then a backend streams the images.
+
+check inputs -> lock the folder -> refuse another config -> prepare (model, layers, targets)
+  -> the chosen backend: what is still to do -> decode -> CAMs -> render -> records.jsonl
+  -> manifest.json (a shard: its marker; the last shard merges) -> the gallery, if asked for
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gradcam_cli import __version__
+from gradcam_cli.config import Config
+from gradcam_cli.errors import ConfigError, OutputError
+from gradcam_cli.events import EventLog
+from gradcam_cli.io.discovery import check_inputs
+from gradcam_cli.io.manifest import (
+    NORMALIZATION,
+    RECORDS_NAME,
+    load_done,
+    read_run_info,
+    repair_records,
+    write_manifest,
+)
+from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS
+from gradcam_cli.models.sources import with_source_defaults
+from gradcam_cli.reports.gallery import write_report
+from gradcam_cli.runner.backends import backend_named
+from gradcam_cli.runner.job import RunJob
+from gradcam_cli.runner.lock import OutputLock
+from gradcam_cli.runner.options import RunOptions, RunSummary
+from gradcam_cli.runner.prepare import PreparedRun, prepare
+from gradcam_cli.runner.resume import check_previous_config, claim_run_info, clear_results
+from gradcam_cli.runner.shards import Shard, ShardMergeError, clear_marker, complete_markers, merge, write_marker
+
+
+def run(config: Config, options: RunOptions) -> RunSummary:
+    """Explain every image of `options.inputs`; returns the summary (the manifest is on disk).
+
+    Order matters for "nothing written on a config error": inputs, config and model are validated, and
+    an existing output folder is locked and checked, before anything is created or changed.
+    """
+    inputs = check_inputs(options.inputs)
+    config = with_source_defaults(config)
+    out_dir = config.output.dir.resolve()
+    events = options.events or EventLog(None)
+    shard = options.shard
+    if shard is not None and options.overwrite:
+        raise ConfigError(
+            "--overwrite cannot be combined with --shard: shards share the output folder, and one shard must "
+            "not delete the others' results. Remove the old results first (their heatmaps/, overlays/, records "
+            "and run.json), or choose a new --output."
+        )
+    backend = backend_named(options.backend)
+    backend.require()  # a missing extra is a usage error, before anything is written
+    records_path = out_dir / (shard.records_name if shard else RECORDS_NAME)
+    with contextlib.ExitStack() as stack:
+        # A plain run holds the folder lock alone; shards share it and hold their own shard lock each.
+        locks = [OutputLock(out_dir)] if shard is None else [OutputLock(out_dir, shared=True)]
+        if shard is not None:
+            locks.append(OutputLock(out_dir, shard.lock_name))
+        locked = out_dir.is_dir()
+        if locked:  # a second run on the same folder exits before loading any model
+            for lock in locks:
+                stack.enter_context(lock)
+            if not options.overwrite:
+                check_previous_config(out_dir, config)
+        prepared = prepare(config, build=backend.driver_config(config))
+        shutdown = backend.connect(config, options)
+        if shutdown is not None:
+            stack.callback(shutdown)
+        if not locked:  # a new folder (or one another run, e.g. a sibling shard, created meanwhile)
+            _prepare_output(out_dir)
+            for lock in locks:
+                stack.enter_context(lock)
+        if options.overwrite:
+            clear_results(out_dir)
+        _prepare_output(out_dir)
+        repair_records(records_path)
+        claim_run_info(out_dir, config, records_path)  # shards starting together agree on one config
+        if shard is not None:
+            clear_marker(out_dir, shard)  # complete again only when this run goes through all its images
+        done = load_done(records_path) if options.resume else {}
+        if locks[-1].took_over:  # a crashed run's lock: the kernel released it, we say so for the logs
+            events.emit("stale_lock_taken_over", previous_holder=locks[-1].took_over)
+        events.emit(
+            "run_started",
+            config_hash=config.config_hash(),
+            inputs=inputs,
+            out_dir=str(out_dir),
+            device=str(prepared.device),
+            already_done=len(done),
+            **({"shard": shard.label} if shard else {}),
+            **({"engine": options.backend} if options.backend != "local" else {}),
+        )
+        summary = backend.stream(RunJob(prepared, inputs, out_dir, done, options, events, records_path))
+        header = _manifest_header(prepared, summary)
+        if shard is None:
+            summary.manifest = write_manifest(out_dir, header, skipped=summary.skipped)
+        else:
+            summary.manifest = _finish_shard(out_dir, shard, config.config_hash(), header, summary, events)
+        publish(out_dir, summary.manifest, prepared.config.output.report)
+        events.emit("run_finished", summary=summary.as_dict())
+    return summary
+
+
+def publish(out_dir: Path, manifest: Path | None, report: bool) -> None:
+    """What follows a written manifest: the gallery (index.html), when the config asks for it."""
+    if report and manifest is not None:
+        write_report(out_dir)
+
+
+def merge_shards(out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """`gradcam merge`: the shards' manifest, then what the folder's config asks to follow it."""
+    path, counts = merge(out_dir)
+    config = (read_run_info(path.parent) or {}).get("config") or {}
+    publish(path.parent, path, bool(config.get("output", {}).get("report")))
+    return path, counts
+
+
+def _prepare_output(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sub in (HEATMAPS, OVERLAYS):
+            (out_dir / sub).mkdir(exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder {out_dir}: {exc.strerror or exc}.") from None
+
+
+def _finish_shard(
+    out_dir: Path, shard: Shard, config_hash: str, header: dict[str, Any], summary: RunSummary, events: EventLog
+) -> Path | None:
+    """Mark the shard complete when it went through all of its images; the last one to finish merges."""
+    if not summary.complete:
+        summary.note = f"shard {shard.label} stopped before its end: not complete; rerun it to resume"
+        return None
+    counts = {"total": summary.total, "ok": summary.ok, "failed": summary.failed, "skipped": summary.skipped}
+    write_marker(out_dir, shard, config_hash, header, counts)
+    markers = complete_markers(out_dir)
+    waiting = [k for k in range(shard.count) if (k, shard.count) not in markers]
+    if waiting:
+        summary.note = (
+            f"shard {shard.label} complete; manifest.json is written when all {shard.count} shards are "
+            f"(waiting for {len(waiting)}), or by `gradcam merge {out_dir}`"
+        )
+        return None
+    try:
+        path, counts = merge(out_dir)
+    except ShardMergeError as error:  # the shard's own results are complete and valid all the same
+        summary.merge_error = str(error)
+        events.emit("merge_failed", message=str(error))
+        return None
+    summary.note = f"last shard: merged {shard.count} shards into {path} ({counts['total']} images)"
+    events.emit("shards_merged", manifest=str(path), summary=counts)
+    return path
+
+
+def _manifest_header(prepared: PreparedRun, summary: RunSummary) -> dict[str, Any]:
+    config = prepared.config
+    return {
+        "tool": {"name": "gradcam-cli", "version": __version__},
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.config_hash(),
+        "model": dict(prepared.model.description, num_classes=prepared.num_classes),
+        "method": config.cam.method,
+        "target_layer": prepared.layer_names[0] if len(prepared.layer_names) == 1 else prepared.layer_names,
+        "targets": config.cam.targets,
+        "device": summary.device or str(prepared.device),
+        "precision": config.runtime.precision,
+        "normalization": NORMALIZATION,
+        "started_at": summary.started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

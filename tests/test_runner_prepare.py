@@ -1,0 +1,55 @@
+"""runner/prepare.py: a frozen PreparedRun, built once, before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gradcam_cli.config import parse_config
+from gradcam_cli.errors import ConfigError
+from gradcam_cli.runner.prepare import PreparedRun, prepare, resolve_targets, with_batch_cap
+
+
+def test_prepare_builds_everything_and_is_frozen(tmp_path: Path, tiny_config: dict[str, Any]) -> None:
+    config = parse_config(tiny_config, tmp_path)
+    prepared = prepare(config)
+    assert isinstance(prepared, PreparedRun) and prepared.config == config
+    assert prepared.layer_names == ["features.3"] and prepared.num_classes == 3
+    assert prepared.device == torch.device("cpu") and prepared.targets.mode == "top1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prepared.config = config  # type: ignore[misc]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_model_is_built_with_the_build_config_and_the_run_keeps_its_own(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    """The Ray driver validates on its CPU in fp32 while the run's config (for the actors) stays as given."""
+    run_config = parse_config({**tiny_config, "runtime": {**tiny_config["runtime"], "precision": "bf16"}}, tmp_path)
+    build = parse_config(tiny_config, tmp_path)
+    prepared = prepare(run_config, build=build)
+    assert prepared.config.runtime.precision == "bf16" and prepared.engine.precision == "fp32"
+
+
+def test_batch_cap_applies_once(tmp_path: Path, tiny_config: dict[str, Any]) -> None:
+    config = parse_config(tiny_config, tmp_path)
+    assert with_batch_cap(config, None) is config and with_batch_cap(config, 8) is config
+    assert with_batch_cap(config, 1).runtime.batch_size == 1
+
+
+def test_targets_by_label_index_or_a_suggestion(tmp_path: Path, tiny_config: dict[str, Any]) -> None:
+    labels = ["cat", "dog", "bird"]
+
+    def targets(value: Any) -> Any:
+        return resolve_targets(parse_config({**tiny_config, "cam": {"targets": value}}, tmp_path), labels, 3)
+
+    assert targets(["dog", 2]).classes == (1, 2)
+    assert targets("topk").mode == "topk"
+    with pytest.raises(ConfigError, match="Did you mean 'cat'"):
+        targets(["cta"])
+    with pytest.raises(ConfigError, match="out of range"):
+        targets([7])

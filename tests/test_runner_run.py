@@ -1,0 +1,40 @@
+"""runner/run.py: a whole run as a library call (no CLI), and what follows the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gradcam_cli.config import parse_config
+from gradcam_cli.errors import ConfigError
+from gradcam_cli.runner.options import RunOptions
+from gradcam_cli.runner.run import run
+
+
+def test_run_writes_files_records_and_the_manifest(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    config = parse_config({**tiny_config, "output": {**tiny_config["output"], "report": True}}, tmp_path)
+    summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert (summary.total, summary.ok, summary.failed, summary.complete, summary.exit_code) == (3, 3, 0, True, 0)
+    manifest = json.loads(summary.manifest.read_text())
+    assert [record["path"] for record in manifest["images"]] == ["a.jpg", "a.png", "sub/b.png"]
+    assert (tmp_path / "out" / "heatmaps" / "sub" / "b.png.png").is_file()
+    assert (tmp_path / "out" / "index.html").is_file()  # output.report: the gallery follows the manifest
+    again = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert (again.ok, again.skipped) == (0, 3)
+
+
+def test_unknown_backend_and_overwrite_with_shard_write_nothing(tmp_path: Path, tiny_config: dict[str, Any]) -> None:
+    from gradcam_cli.runner.shards import Shard
+
+    config = parse_config(tiny_config, tmp_path)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(ConfigError, match="--engine must be"):
+        run(config, RunOptions(inputs=[str(tmp_path / "images")], backend="spark"))
+    with pytest.raises(ConfigError, match="--overwrite cannot be combined with --shard"):
+        run(config, RunOptions(inputs=[str(tmp_path / "images")], overwrite=True, shard=Shard(0, 2)))
+    assert not (tmp_path / "out").exists()
