@@ -189,6 +189,11 @@ class PreprocessConfig(_Strict):
         "[0, 255] caffe-style Keras and MATLAB, [-1, 1] Keras tf-style (with mean 0, std 1)",
     )
     channel_order: Literal["rgb", "bgr"] = Field("rgb", description="channel order fed to the model (bgr: caffe)")
+    fast_decode: bool = Field(
+        False,
+        description="JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale (in the DCT "
+        "domain) before the final resize: faster, model input within a few grey levels (README, Speed)",
+    )
 
     @field_validator("size")
     @classmethod
@@ -250,6 +255,13 @@ class OutputConfig(_Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the colormap in the overlay")
     raw: bool = Field(False, description="also write float32 .npy CAMs (feature and original resolution)")
     png_compression: int = Field(1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small")
+    overlay_format: Literal["jpeg", "png", "webp"] = Field(
+        "jpeg", description="overlay file format: jpeg (small, 4:4:4 chroma), png (lossless, large) or webp"
+    )
+    overlay_quality: int = Field(90, ge=1, le=100, description="jpeg/webp overlay quality")
+    overlay_max_side: int | None = Field(
+        None, ge=16, description="shrink overlays to at most this many pixels on the long side (null: full size)"
+    )
     report: bool = Field(False, description="write the HTML gallery index.html at the end of every run")
 
 
@@ -259,6 +271,12 @@ class RuntimeConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     batch_size: int = Field(32, ge=1, le=4096, description="images per forward pass")
     workers: Literal["auto"] | int = Field("auto", description="decode worker processes (0: in-process)")
+    render_workers: Literal["auto"] | int = Field(
+        "auto",
+        description="processes that map CAMs onto the originals and write the files, each holding one image's "
+        "full-resolution work at a time (0: threads of the main process)",
+    )
+    threads: Literal["auto"] | int = Field("auto", description="torch threads of the process that runs the model")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
     fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the preceding conv (faster, same maps)")
     deterministic: bool = Field(
@@ -275,11 +293,18 @@ class RuntimeConfig(_Strict):
             raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return value
 
-    @field_validator("workers")
+    @field_validator("workers", "render_workers")
     @classmethod
     def _workers_range(cls, value: Literal["auto"] | int) -> Literal["auto"] | int:
         if isinstance(value, int) and not 0 <= value <= 64:
             raise ValueError("workers must be auto or 0..64")
+        return value
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_range(cls, value: Literal["auto"] | int) -> Literal["auto"] | int:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("threads must be auto or 1..256")
         return value
 
 
@@ -331,13 +356,23 @@ class Config(_Strict):
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
     def config_hash(self) -> str:
-        """Hash of what determines the heatmaps (model, weights, layer, preprocessing, method, targets)."""
-        effective = {
-            "model": self.model.model_dump(mode="json"),
-            "preprocess": self.preprocess.model_dump(mode="json"),
-            "cam": self.cam.model_dump(mode="json"),
-        }
+        """Hash of what determines the heatmaps (model, weights, layer, preprocessing, method, targets).
+
+        Keys added since a folder's first release count only when set away from their default, so the
+        hash of every config that leaves them alone stays what it was (HASHED_WHEN_SET)."""
+        effective = {}
+        for section in ("model", "preprocess", "cam"):
+            values = getattr(self, section).model_dump(mode="json")
+            for key, default in HASHED_WHEN_SET.get(section, {}).items():
+                if values.get(key) == default:
+                    values.pop(key, None)
+            effective[section] = values
         return hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()
+
+
+# Hashed keys added after run folders already existed: {section: {key: default}}; at the default they are
+# left out of config_hash, so upgrading does not change any existing folder's hash.
+HASHED_WHEN_SET: dict[str, dict[str, Any]] = {"preprocess": {"fast_decode": False}}
 
 
 def did_you_mean(word: Any, choices: Any, n: int = 1, cutoff: float = 0.6, sentence: bool = False) -> str:

@@ -12,6 +12,7 @@ EXIT_IMAGES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_OUTPUT = 4
+EXIT_INTERNAL = 5  # an unexpected failure (a worker process died, an internal error): the run stopped
 
 
 class GradcamError(Exception):

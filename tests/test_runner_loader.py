@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from gradcam_cli.config import parse_config
@@ -34,3 +36,48 @@ def test_normalise_applies_pixel_range_and_channel_order(tmp_path: Path) -> None
     assert torch.allclose(
         normalise(pixels, tf_style.preprocess, torch.device("cpu"))[0, :, 0, 0], pixels[0, :, 0, 0] / 127.5 - 1
     )
+
+
+def _big_jpeg(path: Path, width: int, height: int, orientation: int | None = None) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    coarse = rng.integers(0, 256, (height // 64, width // 64, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    image.save(path, quality=92, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_fast_decode_reads_a_large_jpeg_at_reduced_scale(tmp_path: Path, orientation: int | None) -> None:
+    """input.fast_decode: same geometry (the original's size as displayed), a model input within a few grey
+    levels of the exact path; EXIF rotation is respected."""
+    from gradcam_cli.io.decode import decode_bytes
+    from gradcam_cli.io.discovery import ImageSource
+    from gradcam_cli.runner.loader import DecodeDataset
+
+    path = _big_jpeg(tmp_path / "big.jpg", 2048, 1536, orientation)
+    base = {"model": {"torchvision": "resnet18"}, "preprocess": {"size": [224, 224], "resize": "letterbox"}}
+    exact = parse_config(base, tmp_path)
+    fast = parse_config({**base, "preprocess": {**base["preprocess"], "fast_decode": True}}, tmp_path)
+    source = ImageSource(source=str(path), path="big.jpg")
+    a = DecodeDataset(exact.preprocess, exact.input)[source]
+    b = DecodeDataset(fast.preprocess, fast.input)[source]
+    expected = (1536, 2048) if orientation == 6 else (2048, 1536)
+    assert a.size == b.size == expected and a.geometry == b.geometry
+    difference = (a.pixels.int() - b.pixels.int()).abs()
+    assert difference.float().mean() < 2.0 and difference.max() <= 40
+    drafted = decode_bytes(path.read_bytes(), 10**9, draft=b.geometry.resized[::-1])
+    assert max(drafted.size) <= 1024  # decoded at 1/2 scale or less, not at 2048 px
+
+
+def test_fast_decode_is_part_of_the_config_hash_only_when_on(tmp_path: Path) -> None:
+    base = {"model": {"torchvision": "resnet18"}}
+    off = parse_config(base, tmp_path)
+    on = parse_config({**base, "preprocess": {"fast_decode": True}}, tmp_path)
+    # the hash of a config that leaves fast_decode alone is the one it had before the key existed
+    assert off.config_hash() == "588cd891518db14389e850089c6efe10c7e2def02d9e060d5cc6b7d6d70a7524"
+    assert on.config_hash() != off.config_hash()

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from gradcam_cli.config import parse_config
 from gradcam_cli.io.discovery import ImageSource
-from gradcam_cli.io.outputs import OutputJob, write_outputs
 from gradcam_cli.runner.loader import DecodeDataset, collate, normalise
 from gradcam_cli.runner.prepare import prepare
 from gradcam_cli.runner.records import error_record, label_of
-from gradcam_cli.runner.render import render_batch
-from tests.conftest import random_image
+from gradcam_cli.runner.render import RenderJob, render_batch, render_image
+from tests.conftest import REPO, random_image, write_slow_config
 
 
 def test_a_batch_becomes_records_in_input_order_and_one_job_per_ok_image(
@@ -24,23 +31,26 @@ def test_a_batch_becomes_records_in_input_order_and_one_job_per_ok_image(
     prepared = prepare(config)
     good = random_image(tmp_path / "in" / "a.jpg", 50, 30, seed=4)
     (tmp_path / "in" / "b.jpg").write_bytes(b"not a jpeg")
-    dataset = DecodeDataset(config.preprocess, config.input, keep_original=True)
+    dataset = DecodeDataset(config.preprocess, config.input)
     items = [dataset[ImageSource(source=str(path), path=path.name)] for path in (good, tmp_path / "in" / "b.jpg")]
     batch = collate(items)
     with prepared.engine:
         result = prepared.engine.explain(normalise(batch.pixels, config.preprocess, prepared.device), prepared.targets)
-    jobs: list[OutputJob] = []
+    jobs: list[RenderJob] = []
     records = render_batch(prepared, tmp_path / "out", batch, result, jobs.append)
     assert [r["path"] for r in records] == ["a.jpg", "b.jpg"]
     assert [r["status"] for r in records] == ["ok", "error"]
     ok = records[0]
     assert (ok["width"], ok["height"]) == (50, 30) and ok["cams"][0]["heatmap"] == "heatmaps/a.jpg.png"
     assert ok["predictions"][0]["label"] in ("cat", "dog", "bird") and len(ok["predictions"]) == 3
+    assert ok["cams"][0]["overlay"] == "overlays/a.jpg.jpg"  # JPEG overlays by default
     (job,) = jobs
-    assert job.heatmaps.shape == (1, 30, 50) and job.heatmaps.dtype == np.uint8
-    write_outputs(job)
-    assert (tmp_path / "out" / "heatmaps" / "a.jpg.png").is_file()
-    assert (tmp_path / "out" / "overlays" / "a.jpg.png").is_file()
+    assert job.cams.shape == (1, 32, 32) and job.cams.dtype == np.float32  # model size crosses, not the original
+    assert render_image(job) is None
+    with Image.open(tmp_path / "out" / "heatmaps" / "a.jpg.png") as heatmap:
+        assert heatmap.size == (50, 30) and heatmap.mode == "L"
+    with Image.open(tmp_path / "out" / "overlays" / "a.jpg.jpg") as overlay:
+        assert overlay.size == (50, 30) and overlay.format == "JPEG"
 
 
 def test_error_records_keep_the_schema() -> None:
@@ -48,3 +58,166 @@ def test_error_records_keep_the_schema() -> None:
     assert record["status"] == "error" and record["cams"] == [] and record["error"]["type"] == "DecodeError"
     assert record["file_size"] == 3 and record["width"] is None
     assert label_of(["cat"], 0) == "cat" and label_of(["cat"], 4) == "4" and label_of(None, 2) == "2"
+
+
+def test_a_render_that_fails_for_one_image_becomes_its_error_record(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path, monkeypatch
+) -> None:
+    """Out of memory while rendering one original: that image is an error record, the others are written."""
+    from gradcam_cli.runner import render
+    from gradcam_cli.runner.options import RunOptions
+    from gradcam_cli.runner.run import run
+
+    real = render._original
+
+    def out_of_memory_for_b(job: RenderJob) -> np.ndarray:
+        if job.source.path.endswith("b.png"):
+            raise MemoryError
+        return real(job)
+
+    monkeypatch.setattr(render, "_original", out_of_memory_for_b)
+    config = parse_config({**tiny_config, "runtime": {**tiny_config["runtime"], "render_workers": 0}}, tmp_path)
+    summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert (summary.ok, summary.failed, summary.exit_code) == (2, 1, 1)
+    records = {r["path"]: r for r in json.loads(summary.manifest.read_text())["images"]}
+    assert records["sub/b.png"]["error"]["type"] == "MemoryError" and records["sub/b.png"]["cams"] == []
+    assert records["a.jpg"]["status"] == "ok"
+
+
+def test_an_original_that_changed_since_decoding_is_not_overlaid(tmp_path: Path, tiny_config: dict[str, Any]) -> None:
+    config = parse_config(tiny_config, tmp_path)
+    prepared = prepare(config)
+    good = random_image(tmp_path / "in" / "a.jpg", 50, 30, seed=4)
+    dataset = DecodeDataset(config.preprocess, config.input)
+    batch = collate([dataset[ImageSource(source=str(good), path="a.jpg")]])
+    with prepared.engine:
+        result = prepared.engine.explain(normalise(batch.pixels, config.preprocess, prepared.device), prepared.targets)
+    jobs: list[RenderJob] = []
+    render_batch(prepared, tmp_path / "out", batch, result, jobs.append)
+    random_image(good, 50, 30, seed=5)  # replaced between decode and render
+    assert render_image(jobs[0])[0] == "SourceChanged"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _slow_run(tmp_path: Path, tiny_weights: Path, count: int, size: tuple[int, int], **runtime: Any) -> list[str]:
+    folder = tmp_path / "many"
+    for i in range(count):
+        random_image(folder / f"{i:02d}.png", *size, seed=i)
+    config = write_slow_config(tmp_path / "slow.yaml", tiny_weights, batch_size=2, **runtime)
+    return [
+        sys.executable,
+        "-m",
+        "gradcam_cli.cli",
+        "run",
+        "-c",
+        str(config),
+        "-i",
+        str(folder),
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+    ]
+
+
+def _wait_for_records(out: Path, process: subprocess.Popen, lines: int = 2) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        records = out / "records.jsonl"
+        if records.exists() and records.read_text().count("\n") >= lines:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run finished or stalled before the test could act")
+
+
+def _all_files_complete(out: Path) -> None:
+    for path in [*out.rglob("*.png"), *out.rglob("*.jpg")]:
+        Image.open(path).load()  # nothing partial under a final name
+    for line in (out / "records.jsonl").read_text().splitlines():
+        json.loads(line)
+
+
+def test_a_killed_render_worker_stops_the_run_cleanly(tmp_path: Path, tiny_weights: Path) -> None:
+    command = _slow_run(tmp_path, tiny_weights, 12, (40, 30), workers=0, render_workers=1)
+    out = tmp_path / "out"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_records(out, process)
+    workers = _children(process.pid)
+    assert workers, "no render worker process found"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 5, stderr.decode()[-2000:]
+    assert "render worker" in stderr.decode() and "Traceback" not in stderr.decode()
+    assert not _children(process.pid)
+    _all_files_complete(out)
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    images = json.loads((out / "manifest.json").read_text())["images"]
+    assert [r["path"] for r in images] == [f"{i:02d}.png" for i in range(12)] and all(
+        r["status"] == "ok" for r in images
+    )
+
+
+def test_ctrl_c_while_render_workers_are_busy_finishes_the_batch(tmp_path: Path, tiny_weights: Path) -> None:
+    """Ctrl-C reaches the whole process group (a terminal): the batch in flight is written, exit 130."""
+    command = _slow_run(tmp_path, tiny_weights, 12, (1600, 1200), workers=1, render_workers=2)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    _wait_for_records(out, process)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr.decode()[-2000:]
+    partial = json.loads((out / "manifest.json").read_text())
+    assert 0 < partial["summary"]["total"] < 12
+    _all_files_complete(out)
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+def test_every_overlay_format_works_with_report_compare_and_merge(
+    config_file, image_folder: Path, tmp_path: Path, fmt: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from gradcam_cli.cli import app
+
+    runner = CliRunner()
+    config = str(config_file(output={"overlay_format": fmt, "overlay_max_side": 32, "report": True}))
+    for shard in ("1/2", "0/2"):  # 0-based shards today; the last one merges
+        result = runner.invoke(
+            app, ["run", "-c", config, "-i", str(image_folder), "-o", str(tmp_path / "a"), "-q", "--shard", shard]
+        )
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["run", "-c", config, "-i", str(image_folder), "-o", str(tmp_path / "b"), "-q"])
+    assert result.exit_code == 0, result.output
+    suffix = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}[fmt]
+    for out in (tmp_path / "a", tmp_path / "b"):
+        records = json.loads((out / "manifest.json").read_text())["images"]
+        for record in records:
+            overlay = out / record["cams"][0]["overlay"]
+            heatmap = out / record["cams"][0]["heatmap"]
+            assert overlay.suffix == suffix and heatmap.suffix == ".png"
+            with Image.open(overlay) as picture, Image.open(heatmap) as full:
+                assert max(picture.size) <= 32 and full.size == (record["width"], record["height"])
+        assert "thumbnails/" in (out / "index.html").read_text()
+    result = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    from gradcam_cli.reports.compare_formats import _overlay
+
+    record = json.loads((tmp_path / "b" / "manifest.json").read_text())["images"][0]
+    picture = _overlay(tmp_path / "b", record["cams"][0], None)  # what compare --html embeds
+    assert picture is not None and picture.ndim == 3 and max(picture.shape[:2]) <= 32

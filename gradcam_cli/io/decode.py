@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # We apply our own pixel limit (max_pixels) before decoding; Pillow's global one would raise or warn.
 Image.MAX_IMAGE_PIXELS = None
+ORIENTATION_TAG = 0x0112
 
 
 class ImageReadError(Exception):
@@ -47,8 +48,29 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_bytes(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes to an RGB, upright Pillow image; raises ImageReadError with a short kind and message."""
+def _swaps_axes(image: Image.Image) -> bool:
+    """EXIF orientations 5-8 rotate by 90 degrees: the stored width is the displayed height."""
+    return image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8)
+
+
+def displayed_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of the image as displayed (EXIF orientation applied), from its header alone."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            swapped = _swaps_axes(image)
+    except Exception:  # noqa: BLE001 - an unreadable header: the full decode says why, as an ImageReadError
+        return decode_bytes(data, max_pixels).size
+    return (height, width) if swapped else (width, height)
+
+
+def decode_bytes(data: bytes, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Bytes to an RGB, upright Pillow image; raises ImageReadError with a short kind and message.
+
+    `draft` (width, height as displayed): a JPEG may decode at 1/2, 1/4 or 1/8 scale in the DCT domain,
+    keeping at least that many pixels (input.fast_decode); other formats decode at full size."""
     if not data:
         raise ImageReadError("EmptyFile", "the file is empty (0 bytes)")
     try:
@@ -63,6 +85,8 @@ def decode_bytes(data: bytes, max_pixels: int) -> Image.Image:
                 )
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
+            if draft is not None and image.format == "JPEG":
+                image.draft(image.mode, draft[::-1] if _swaps_axes(image) else draft)
             image.load()
             image = ImageOps.exif_transpose(image) or image
             return _to_rgb(image)

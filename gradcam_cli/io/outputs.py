@@ -1,7 +1,8 @@
-"""Output layout and the per-image write job (run in a thread pool, overlapping compute).
+"""Output layout and the per-image write job (run by the render workers, overlapping compute).
 
-Names mirror the input's relative path with ".png" appended, so `a.jpg` and `a.png` stay distinct
-(`a.jpg.png`, `a.png.png`); with several explained classes per image each gets `.cls<index>.png`.
+Names mirror the input's relative path with the output's suffix appended, so `a.jpg` and `a.png` stay
+distinct (`heatmaps/a.jpg.png`, `heatmaps/a.png.png`, `overlays/a.jpg.jpg`); with several explained classes
+per image each gets `.cls<index>` before the suffix.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gradcam_cli.io.encode import encode_png, jpeg_preview
+from gradcam_cli.io.encode import encode_overlay, encode_png, jpeg_preview
 from gradcam_cli.io.files import atomic_open, atomic_write_bytes, inside
 from gradcam_cli.io.overlay import blend
 
@@ -34,10 +35,10 @@ def output_name(path: str, class_index: int, several: bool, suffix: str = ".png"
 
 @dataclass
 class OutputJob:
-    """Everything needed to write one image's files; independent of torch."""
+    """Everything needed to write one image's files at the original size; independent of torch."""
 
     out_dir: Path
-    names: list[str]  # per explained class, relative to heatmaps/ and overlays/
+    names: list[str]  # per explained class, relative to heatmaps/ (".png")
     heatmaps: np.ndarray  # (K, H0, W0) uint8
     original: np.ndarray | None  # (H0, W0, 3) uint8 RGB; None when overlays are off
     write_heatmaps: bool
@@ -47,6 +48,10 @@ class OutputJob:
     raw_feature: np.ndarray | None = None  # (K, h, w) float32
     thumbnail: str | None = None  # with output.report: the gallery thumbnail, made while the overlay is in memory
     raw_original: np.ndarray | None = None  # (K, H0, W0) float32
+    overlay_names: list[str] | None = None  # per class, relative to overlays/ (default: `names`)
+    overlay_format: str = "png"
+    overlay_quality: int = 90
+    overlay_max_side: int | None = None
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -54,18 +59,32 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
 
 
+def shrunk(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`pixels` scaled (INTER_AREA) to at most `max_side` on the long side; never enlarged."""
+    height, width = pixels.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return pixels
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
 def write_outputs(job: OutputJob) -> None:
     """Encode and atomically write the heatmap, overlay (and raw) files of one image."""
+    overlay_names = job.overlay_names or job.names
+    original = shrunk(job.original, job.overlay_max_side) if job.original is not None else None
     for k, name in enumerate(job.names):
         heatmap = job.heatmaps[k]
         if job.write_heatmaps:
             atomic_write_bytes(inside(job.out_dir / HEATMAPS, name), encode_png(heatmap, job.compression))
         overlay = None
-        if job.original is not None:
-            overlay = blend(job.original, heatmap, job.colormap, job.alpha)
-            atomic_write_bytes(inside(job.out_dir / OVERLAYS, name), encode_png(overlay, job.compression))
+        if original is not None:
+            small = shrunk(heatmap, job.overlay_max_side)
+            overlay = blend(original, small, job.colormap, job.alpha)
+            data = encode_overlay(overlay, job.overlay_format, job.overlay_quality, job.compression)
+            atomic_write_bytes(inside(job.out_dir / OVERLAYS, overlay_names[k]), data)
         if job.thumbnail is not None and k == 0 and (overlay is not None or job.write_heatmaps):
-            # written after its source, so `gradcam report` finds it current and does not decode the PNG again
+            # written after its source, so `gradcam report` finds it current and does not decode it again
             picture = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR) if overlay is not None else heatmap
             atomic_write_bytes(inside(job.out_dir, job.thumbnail), jpeg_preview(picture))
         if job.raw_feature is not None:

@@ -8,21 +8,24 @@ never an exception.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
+import os
 import signal
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gradcam_cli.config import InputConfig, PreprocessConfig
-from gradcam_cli.io.decode import ImageReadError, decode_bytes
+from gradcam_cli.io.decode import ImageReadError, decode_bytes, displayed_size
 from gradcam_cli.io.discovery import ImageSource
 from gradcam_cli.io.geometry import Geometry, plan, to_model_input
+from gradcam_cli.runner.signals import worker_ignores_interrupts
 
 
 @dataclass
@@ -32,7 +35,6 @@ class DecodedItem:
     size: tuple[int, int] | None = None  # width, height of the image as displayed
     geometry: Geometry | None = None
     pixels: torch.Tensor | None = None  # (3, H, W) uint8 model input
-    original: torch.Tensor | None = None  # (H0, W0, 3) uint8 RGB, kept for overlays
     error: tuple[str, str] | None = None  # (type, message)
     skipped: bool = False  # resume: the bytes still match the earlier ok record
 
@@ -49,43 +51,14 @@ class DecodedBatch:
         return self
 
 
-class DecodeDataset(Dataset):
-    """Map-style dataset whose "indices" are the ImageSources themselves."""
+class SourceReader:
+    """The bytes of a source: a file, a zip member (each archive opened once per process), or the tar
+    member's bytes discovery carried along. Used by the decode workers and, for overlays, the render workers."""
 
-    def __init__(self, preprocess: PreprocessConfig, inputs: InputConfig, keep_original: bool) -> None:
-        self.size = tuple(preprocess.size)
-        self.mode = preprocess.resize
-        self.pad_rgb = tuple(int(round(m * 255)) for m in preprocess.mean)
-        self.max_pixels = inputs.max_pixels
-        self.keep_original = keep_original
-        self._zips: dict[str, zipfile.ZipFile] = {}  # open archives, per worker process
+    def __init__(self) -> None:
+        self._zips: dict[str, zipfile.ZipFile] = {}
 
-    def __getitem__(self, source: ImageSource) -> DecodedItem:  # type: ignore[override]
-        if source.error is not None:
-            return DecodedItem(source=source, error=source.error)
-        try:
-            data = self._read(source)
-            sha256 = hashlib.sha256(data).hexdigest()
-            if source.known_sha256 == sha256:
-                return DecodedItem(source=source, sha256=sha256, skipped=True)  # touched, not changed
-            image = decode_bytes(data, self.max_pixels)
-        except ImageReadError as exc:
-            return DecodedItem(source=source, error=(exc.kind, str(exc)))
-        except MemoryError:
-            return DecodedItem(source=source, error=("MemoryError", "not enough memory to decode the image"))
-        geometry = plan((image.height, image.width), self.size, self.mode)
-        model_input = to_model_input(image, geometry, self.pad_rgb)
-        original = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()) if self.keep_original else None
-        return DecodedItem(
-            source=source,
-            sha256=sha256,
-            size=(image.width, image.height),
-            geometry=geometry,
-            pixels=torch.from_numpy(model_input).permute(2, 0, 1).contiguous(),
-            original=original,
-        )
-
-    def _read(self, source: ImageSource) -> bytes:
+    def read(self, source: ImageSource) -> bytes:
         if source.data is not None:
             return source.data
         try:
@@ -99,6 +72,50 @@ class DecodeDataset(Dataset):
         except (OSError, zipfile.BadZipFile, KeyError) as exc:
             message = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ImageReadError("ReadError", message) from None
+
+
+class DecodeDataset(Dataset):
+    """Map-style dataset whose "indices" are the ImageSources themselves.
+
+    Only the model-size input leaves the worker: the full-size original is decoded again, where it is
+    needed, by a render worker (a decoded 12 MP photo is 36 MB; its file is a tenth of that)."""
+
+    def __init__(self, preprocess: PreprocessConfig, inputs: InputConfig) -> None:
+        self.size = tuple(preprocess.size)
+        self.mode = preprocess.resize
+        self.pad_rgb = tuple(int(round(m * 255)) for m in preprocess.mean)
+        self.max_pixels = inputs.max_pixels
+        self.fast_decode = preprocess.fast_decode
+        self.reader = SourceReader()
+
+    def __getitem__(self, source: ImageSource) -> DecodedItem:  # type: ignore[override]
+        if source.error is not None:
+            return DecodedItem(source=source, error=source.error)
+        try:
+            data = self.reader.read(source)
+            sha256 = hashlib.sha256(data).hexdigest()
+            if source.known_sha256 == sha256:
+                return DecodedItem(source=source, sha256=sha256, skipped=True)  # touched, not changed
+            if self.fast_decode:
+                width, height = displayed_size(data, self.max_pixels)
+                geometry = plan((height, width), self.size, self.mode)
+                image = decode_bytes(data, self.max_pixels, draft=geometry.resized[::-1])
+            else:
+                image = decode_bytes(data, self.max_pixels)
+                width, height = image.size
+                geometry = plan((height, width), self.size, self.mode)
+        except ImageReadError as exc:
+            return DecodedItem(source=source, error=(exc.kind, str(exc)))
+        except MemoryError:
+            return DecodedItem(source=source, error=("MemoryError", "not enough memory to decode the image"))
+        model_input = to_model_input(image, geometry, self.pad_rgb)
+        return DecodedItem(
+            source=source,
+            sha256=sha256,
+            size=(width, height),
+            geometry=geometry,
+            pixels=torch.from_numpy(model_input).permute(2, 0, 1).contiguous(),
+        )
 
     def __len__(self) -> int:  # never used: batches come from a lazy sampler
         raise TypeError("DecodeDataset is streamed")
@@ -125,11 +142,8 @@ class ChunkSampler:
             yield chunk
 
 
-def _ignore_interrupts(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group: workers leave stopping to the main process, which
-    finishes the batch in flight and then shuts them down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _start_decode_worker(worker_id: int, parent: int) -> None:
+    worker_ignores_interrupts(parent)
 
 
 def decoded_batches(
@@ -138,8 +152,11 @@ def decoded_batches(
     batch_size: int,
     workers: int,
     pin_memory: bool = False,
-) -> Iterator[DecodedBatch]:
-    """Batches in input order, decoded by `workers` processes (0: in this process)."""
+) -> Generator[DecodedBatch, None, None]:
+    """Batches in input order, decoded by `workers` processes (0: in this process).
+
+    Closing the generator (or leaving it by an exception) stops the workers at once: they ignore
+    SIGINT/SIGTERM by design, so the interpreter's exit handler could otherwise wait for them forever."""
     loader = DataLoader(
         dataset,
         batch_sampler=ChunkSampler(sources, batch_size),
@@ -147,9 +164,24 @@ def decoded_batches(
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
-        worker_init_fn=_ignore_interrupts if workers else None,
+        worker_init_fn=functools.partial(_start_decode_worker, parent=os.getpid()) if workers else None,
     )
-    yield from loader
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        _stop_workers(iterator)
+
+
+def _stop_workers(iterator: Any) -> None:
+    processes = list(getattr(iterator, "_workers", []))
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()  # asks them to exit and joins briefly
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGKILL)  # one stuck in a read (a FIFO, a hung mount)
+            process.join(timeout=5)
 
 
 def normalise(pixels: torch.Tensor, preprocess: PreprocessConfig, device: torch.device) -> torch.Tensor:

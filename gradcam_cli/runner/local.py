@@ -6,7 +6,6 @@ still to do -> decode workers (loader) -> normalise -> CamEngine -> render_batch
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,8 +18,8 @@ from gradcam_cli.io.manifest import RecordsWriter
 from gradcam_cli.runner.job import RunJob
 from gradcam_cli.runner.loader import DecodeDataset, decoded_batches, normalise
 from gradcam_cli.runner.options import RunOptions, RunSummary, progress_bar
-from gradcam_cli.runner.prepare import resolve_workers
-from gradcam_cli.runner.render import BatchWriter
+from gradcam_cli.runner.prepare import split_cores
+from gradcam_cli.runner.render import RenderPool
 from gradcam_cli.runner.signals import StopSignals
 
 
@@ -37,24 +36,27 @@ def connect(config: Config, options: RunOptions) -> Callable[[], None] | None:
 
 
 def stream(job: RunJob) -> RunSummary:
-    """The streaming stages; records are durable per batch whatever stops the loop."""
+    """The streaming stages; records are durable per batch whatever stops the loop, and no worker
+    process outlives it, however it ends."""
     prepared, options = job.prepared, job.options
     config = prepared.config
+    cores = split_cores(config.runtime.workers, config.runtime.render_workers, config.runtime.threads, prepared.device)
+    torch.set_num_threads(cores.threads)
+    records = RecordsWriter(job.records_path)
+    renderer = RenderPool(records, cores.render)  # forked first, before any other worker or thread starts
     summary, clock = RunSummary.start(job.out_dir)
     progress = progress_bar(options.quiet)
     todo, walked_all = job.todo(summary)
-    dataset = DecodeDataset(config.preprocess, config.input, keep_original=config.output.overlays)
-    workers = resolve_workers(config.runtime.workers)
+    dataset = DecodeDataset(config.preprocess, config.input)
     batches = decoded_batches(
-        todo, dataset, config.runtime.batch_size, workers, pin_memory=prepared.device.type == "cuda"
+        todo, dataset, config.runtime.batch_size, cores.decode, pin_memory=prepared.device.type == "cuda"
     )
-    records = RecordsWriter(job.records_path)
-    writer = BatchWriter(prepared, job.out_dir, records, threads=max(2, min(8, os.cpu_count() or 2)))
 
     def account(written: list[dict[str, Any]]) -> None:
         summary.account(written, job.events, progress)
 
     prepared.engine.show_progress = not options.quiet
+    finished = False
     try:
         with StopSignals() as stop, prepared.engine:
             mark = time.perf_counter()
@@ -68,22 +70,27 @@ def stream(job: RunJob) -> RunSummary:
                     if prepared.device.type == "cuda":
                         torch.cuda.synchronize(prepared.device)  # attribute GPU time to compute
                 mark = summary.lap("compute", mark)
-                submitted = writer.submit(batch, result)
-                mark = summary.lap("render", mark)
-                account(writer.drain(keep=1))
-                mark = summary.lap("encode", mark)  # time waiting for the writer pool
+                submitted = renderer.submit(prepared, job.out_dir, batch, result)
+                mark = summary.lap("render", mark)  # handing the batch's jobs to the render workers
+                account(renderer.drain(keep=1))
+                mark = summary.lap("encode", mark)  # waiting for the render workers
                 if summary.stop_after_batch(stop.signum, options.fail_fast, submitted):
                     break
             else:
                 summary.complete = walked_all()
-            account(writer.drain())
+            account(renderer.drain())
             summary.lap("encode", mark)
+            finished = True
     except KeyboardInterrupt:
         # A second Ctrl-C (or one outside the handler's reach): stop now. Files are atomic and records
         # are only appended for complete batches, so what is on disk stays consistent.
         summary.interrupted_by = summary.interrupted_by or signal.SIGINT
     finally:
-        writer.close()
+        batches.close()  # stops the decode workers, whatever happened
+        if finished:
+            renderer.close()
+        else:
+            renderer.abort()
         records.close()
         if progress is not None:
             progress.close()

@@ -38,11 +38,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_workers(workers: str | int) -> int:
-    if workers == "auto":
-        # Leave a core for the main process (compute) and the writer threads.
-        return max(1, min(8, (os.cpu_count() or 2) - 1))
-    return int(workers)
+@dataclass(frozen=True)
+class CoreSplit:
+    """How the run shares the machine's cores: decode worker processes, render worker processes, and the
+    torch threads of the process that runs the model (runtime.workers, render_workers, threads)."""
+
+    decode: int
+    render: int
+    threads: int
+
+
+def split_cores(
+    workers: str | int, render_workers: str | int, threads: str | int, device: torch.device, cores: int | None = None
+) -> CoreSplit:
+    """Each `auto` from the core count. On a CPU the model needs every core it can get and the output
+    stage one worker; on a GPU host the model needs few CPU threads, decoding and rendering need many
+    (benchmarks/RESULTS.md has the splits measured)."""
+    cores = cores or os.cpu_count() or 2
+    if device.type == "cpu":
+        auto = CoreSplit(decode=max(1, min(8, cores // 4)), render=max(1, cores // 4), threads=cores)
+    else:
+        auto = CoreSplit(decode=max(1, min(16, cores // 3)), render=max(1, cores // 2), threads=max(1, cores // 6))
+    return CoreSplit(
+        decode=auto.decode if workers == "auto" else int(workers),
+        render=auto.render if render_workers == "auto" else int(render_workers),
+        threads=auto.threads if threads == "auto" else int(threads),
+    )
 
 
 def use_deterministic_algorithms(device: torch.device) -> None:

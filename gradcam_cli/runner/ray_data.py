@@ -70,7 +70,7 @@ def decode_batch(batch: dict[str, np.ndarray], config: bytes) -> dict[str, np.nd
     from gradcam_cli.runner.loader import DecodeDataset
 
     loaded: Config = pickle.loads(config)
-    dataset = DecodeDataset(loaded.preprocess, loaded.input, keep_original=loaded.output.overlays)
+    dataset = DecodeDataset(loaded.preprocess, loaded.input)
     items = [pickle.dumps(dataset[pickle.loads(source)]) for source in batch["source"]]
     return {"item": np.array(items, dtype=object)}
 
@@ -98,9 +98,8 @@ class CamActor:
         import torch
 
         from gradcam_cli.io.manifest import dumps_record
-        from gradcam_cli.io.outputs import write_outputs
         from gradcam_cli.runner.loader import collate, normalise
-        from gradcam_cli.runner.render import render_batch
+        from gradcam_cli.runner.render import render_batch, render_image, with_render_outcome
 
         prepared = self.prepared
         items = [pickle.loads(item) for item in batch["item"]]
@@ -114,10 +113,10 @@ class CamActor:
                 torch.cuda.synchronize(prepared.device)
         futures: list[Any] = []
         records = render_batch(
-            prepared, self.out_dir, decoded, result, lambda job: futures.append(self.pool.submit(write_outputs, job))
+            prepared, self.out_dir, decoded, result, lambda job: futures.append(self.pool.submit(render_image, job))
         )
-        for future in futures:
-            future.result()  # a record is returned only once its files are written
+        outcomes = iter([future.result() for future in futures])  # a record is returned once its files are written
+        records = [with_render_outcome(r, next(outcomes) if r["status"] == "ok" else None) for r in records]
         lines = iter(dumps_record(record) for record in records)
         out = ["" if item.skipped else next(lines) for item in items]
         return {"record": np.array(out, dtype=object), "device": np.array([str(prepared.device)] * len(out))}

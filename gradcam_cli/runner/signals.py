@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
 from typing import Any
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class StopSignals:
@@ -28,3 +33,19 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def worker_ignores_interrupts(parent: int | None = None) -> None:
+    """For worker processes: Ctrl-C and SIGTERM reach the whole process group, and the main process decides
+    (it finishes the batch in flight, then stops the workers); and a worker never outlives the main
+    process, however that one ends (SIGKILL included): Linux kills it with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: the main process's own shutdown still applies
+            return
+        if parent is not None and os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
