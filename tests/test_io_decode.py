@@ -78,3 +78,38 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(ImageReadError) as info:
         decode_bytes(_encode(Image.new("L", (100, 100)), "PNG"), max_pixels=5000)
     assert info.value.kind == "DecompressionBomb" and "5000" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["rgb-jpeg", "grey-jpeg", "cmyk-jpeg", "exif-rotated-jpeg", "rgba-png", "p-gif"])
+def test_decode_bgr_gives_the_pixels_decode_bytes_gives(tmp_path, kind: str) -> None:
+    """The render workers' fast path (OpenCV for plain JPEGs) must show the same original as Pillow's."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from gradcam_cli.io.decode import decode_bgr, decode_bytes
+
+    rng = np.random.default_rng(1)
+    base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((160, 120))
+    buffer = io.BytesIO()
+    if kind == "rgb-jpeg":
+        base.save(buffer, "JPEG", quality=90)
+    elif kind == "grey-jpeg":
+        base.convert("L").save(buffer, "JPEG", quality=90)
+    elif kind == "cmyk-jpeg":
+        base.convert("CMYK").save(buffer, "JPEG", quality=90)
+    elif kind == "exif-rotated-jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        base.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    elif kind == "rgba-png":
+        rgba = base.convert("RGBA")
+        rgba.putalpha(128)
+        rgba.save(buffer, "PNG")
+    else:
+        base.convert("P").save(buffer, "GIF")
+    data = buffer.getvalue()
+    expected = np.asarray(decode_bytes(data, 10**9))
+    found = decode_bgr(data, 10**9, expected.shape[:2])
+    assert found.shape == expected.shape and np.array_equal(found[:, :, ::-1], expected)

@@ -48,3 +48,64 @@ def test_peak_memory_is_flat_from_500_to_5000_images(tmp_path: Path, tiny_weight
     peak_large = _peak_rss_kb(large, config, tmp_path / "out-large")
     print(f"peak RSS: {peak_small / 1024:.0f} MB for 500 images, {peak_large / 1024:.0f} MB for 5000")
     assert peak_large <= peak_small * 1.10
+
+
+TREE_MEASURE = (
+    "import sys, threading, time\n"
+    "from benchmarks.throughput import tree_rss_mb\n"
+    "from gradcam_cli.cli import main\n"
+    "peak = [0.0]\n"
+    "def sample():\n"
+    "    while True:\n"
+    "        peak[0] = max(peak[0], tree_rss_mb(__import__('os').getpid())); time.sleep(0.1)\n"
+    "threading.Thread(target=sample, daemon=True).start()\n"
+    "sys.argv = ['gradcam'] + sys.argv[1:]\n"
+    "try:\n    main()\nexcept SystemExit as done:\n    assert done.code == 0, done.code\n"
+    "print('TREE_PEAK_MB', peak[0])\n"
+)
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_batch_size_on_large_photos(tmp_path: Path, tiny_weights: Path) -> None:
+    """Full-resolution work is bounded by the render workers, not by runtime.batch_size: 48 photos of
+    12 MP at batch 4 and at batch 48 need about the same memory (main process and all workers)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        coarse = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((4032, 3024), Image.Resampling.BILINEAR).save(
+            folder / f"{i:02d}.jpg", quality=90
+        )
+    peaks = {}
+    for batch in (4, 48):
+        config = tmp_path / f"c{batch}.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "model": {"factory": str(ASSETS / "tiny_models.py") + ":build", "weights": str(tiny_weights)},
+                    "preprocess": {"size": [32, 32]},
+                    "runtime": {"batch_size": batch, "workers": 1, "render_workers": 1, "device": "cpu"},
+                }
+            )
+        )
+        command = [
+            sys.executable,
+            "-c",
+            TREE_MEASURE,
+            "run",
+            "-c",
+            str(config),
+            "-i",
+            str(folder),
+            "-o",
+            str(tmp_path / f"o{batch}"),
+            "-q",
+        ]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+        peaks[batch] = float(done.stdout.split("TREE_PEAK_MB")[1].split()[0])
+    print(f"peak RSS of the process tree: {peaks[4]:.0f} MB at batch 4, {peaks[48]:.0f} MB at batch 48")
+    assert peaks[48] <= peaks[4] + 200

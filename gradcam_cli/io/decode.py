@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -98,3 +99,24 @@ def decode_bytes(data: bytes, max_pixels: int, draft: tuple[int, int] | None = N
         message = str(exc) or type(exc).__name__
         kind = "TruncatedImage" if "truncated" in message.lower() else "DecodeError"
         raise ImageReadError(kind, message) from None
+
+
+def decode_bgr(data: bytes, max_pixels: int, expected: tuple[int, int]) -> np.ndarray:
+    """The picture `decode_bytes` gives, as a BGR uint8 array (OpenCV's order), for the render workers.
+
+    Baseline RGB or greyscale JPEGs go through OpenCV's decoder: the same libjpeg-turbo pixels as Pillow's
+    (tested), about twice as fast, straight into an array. Anything else, or a size other than `expected`
+    (height, width as displayed), takes Pillow's path."""
+    if data[:3] == b"\xff\xd8\xff":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mode = Image.open(io.BytesIO(data)).mode
+        except Exception:  # noqa: BLE001 - Pillow's full decode below reports it
+            mode = None
+        if mode in ("RGB", "L"):
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if pixels is not None and pixels.shape[:2] == expected:
+                return pixels
+    rgb = np.asarray(decode_bytes(data, max_pixels), dtype=np.uint8)
+    return np.ascontiguousarray(rgb[:, :, ::-1])

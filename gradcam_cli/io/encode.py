@@ -41,11 +41,14 @@ def jpeg_preview(pixels_bgr: np.ndarray, size: int = THUMBNAIL_SIZE, quality: in
     return encoded.tobytes()
 
 
-def encode_overlay(pixels_rgb: np.ndarray, fmt: str, quality: int = 90, png_compression: int = 1) -> bytes:
-    """An RGB (H, W, 3) uint8 overlay as `fmt` (jpeg | png | webp) bytes; deterministic for the same pixels."""
+def encode_overlay(
+    pixels: np.ndarray, fmt: str, quality: int = 90, png_compression: int = 1, bgr: bool = False
+) -> bytes:
+    """An RGB (or, with `bgr`, BGR) (H, W, 3) uint8 overlay as `fmt` (jpeg | png | webp) bytes; deterministic
+    for the same pixels."""
     if fmt == "png":
-        return encode_png(pixels_rgb, png_compression)
-    bgr = cv2.cvtColor(pixels_rgb, cv2.COLOR_RGB2BGR)
+        return encode_png(pixels, png_compression, rgb=not bgr)
+    bgr_pixels = pixels if bgr else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     if fmt == "jpeg":
         params = [
             cv2.IMWRITE_JPEG_QUALITY,
@@ -53,9 +56,9 @@ def encode_overlay(pixels_rgb: np.ndarray, fmt: str, quality: int = 90, png_comp
             cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
             cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
         ]
-        ok, encoded = cv2.imencode(".jpg", bgr, params)
+        ok, encoded = cv2.imencode(".jpg", bgr_pixels, params)
     elif fmt == "webp":
-        ok, encoded = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, int(quality)])
+        ok, encoded = cv2.imencode(".webp", bgr_pixels, [cv2.IMWRITE_WEBP_QUALITY, int(quality)])
     else:
         raise ValueError(f"unknown overlay format {fmt!r}")
     if not ok:

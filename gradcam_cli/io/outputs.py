@@ -15,7 +15,7 @@ import numpy as np
 
 from gradcam_cli.io.encode import encode_overlay, encode_png, jpeg_preview
 from gradcam_cli.io.files import atomic_open, atomic_write_bytes, inside
-from gradcam_cli.io.overlay import blend
+from gradcam_cli.io.overlay import blend_bgr
 
 HEATMAPS = "heatmaps"
 OVERLAYS = "overlays"
@@ -40,7 +40,7 @@ class OutputJob:
     out_dir: Path
     names: list[str]  # per explained class, relative to heatmaps/ (".png")
     heatmaps: np.ndarray  # (K, H0, W0) uint8
-    original: np.ndarray | None  # (H0, W0, 3) uint8 RGB; None when overlays are off
+    original: np.ndarray | None  # (H0, W0, 3) uint8 BGR (OpenCV's order); None when overlays are off
     write_heatmaps: bool
     colormap: str
     alpha: float
@@ -80,12 +80,12 @@ def write_outputs(job: OutputJob) -> None:
         overlay = None
         if original is not None:
             small = shrunk(heatmap, job.overlay_max_side)
-            overlay = blend(original, small, job.colormap, job.alpha)
-            data = encode_overlay(overlay, job.overlay_format, job.overlay_quality, job.compression)
+            overlay = blend_bgr(original, small, job.colormap, job.alpha)
+            data = encode_overlay(overlay, job.overlay_format, job.overlay_quality, job.compression, bgr=True)
             atomic_write_bytes(inside(job.out_dir / OVERLAYS, overlay_names[k]), data)
         if job.thumbnail is not None and k == 0 and (overlay is not None or job.write_heatmaps):
             # written after its source, so `gradcam report` finds it current and does not decode it again
-            picture = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR) if overlay is not None else heatmap
+            picture = overlay if overlay is not None else heatmap
             atomic_write_bytes(inside(job.out_dir, job.thumbnail), jpeg_preview(picture))
         if job.raw_feature is not None:
             stem = name.removesuffix(".png")

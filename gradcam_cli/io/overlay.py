@@ -31,3 +31,11 @@ def colorize(heatmap: np.ndarray, colormap: str) -> np.ndarray:
 def blend(image_rgb: np.ndarray, heatmap: np.ndarray, colormap: str, alpha: float) -> np.ndarray:
     """The overlay: alpha * colormap(heatmap) + (1 - alpha) * image, rounded to uint8 RGB."""
     return cv2.addWeighted(colorize(heatmap, colormap), alpha, image_rgb, 1.0 - alpha, 0.0)
+
+
+def blend_bgr(image_bgr: np.ndarray, heatmap: np.ndarray, colormap: str, alpha: float) -> np.ndarray:
+    """`blend` in OpenCV's channel order, for the render workers: the same pixels, channels swapped, without
+    the two full-size colour conversions (decoder and encoders work in BGR)."""
+    code = _COLORMAPS[colormap]
+    coloured = cv2.cvtColor(heatmap, cv2.COLOR_GRAY2BGR) if code is None else cv2.applyColorMap(heatmap, code)
+    return cv2.addWeighted(coloured, alpha, image_bgr, 1.0 - alpha, 0.0)

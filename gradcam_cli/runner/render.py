@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from gradcam_cli.config import Config
 from gradcam_cli.engine import CamBatch
 from gradcam_cli.errors import EXIT_INTERNAL, GradcamError, OutputError
-from gradcam_cli.io.decode import ImageReadError, decode_bytes
+from gradcam_cli.io.decode import ImageReadError, decode_bgr
 from gradcam_cli.io.discovery import ImageSource
 from gradcam_cli.io.encode import OVERLAY_SUFFIXES
 from gradcam_cli.io.geometry import Geometry, to_original_frame
@@ -143,11 +143,11 @@ def render_image(job: RenderJob) -> tuple[str, str] | None:
 
 
 def _original(job: RenderJob) -> np.ndarray:
-    """The original as displayed (RGB uint8), decoded from the bytes the decode stage hashed."""
+    """The original as displayed (BGR uint8), decoded from the bytes the decode stage hashed."""
     data = _READER.read(job.source)
     if job.sha256 is not None and hashlib.sha256(data).hexdigest() != job.sha256:
         raise ImageReadError("SourceChanged", "the file changed while it was processed; rerun to explain it")
-    return np.asarray(decode_bytes(data, job.settings.max_pixels), dtype=np.uint8)
+    return decode_bgr(data, job.settings.max_pixels, job.geometry.original)
 
 
 def render_batch(
