@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gradcam_cli import __version__
-from gradcam_cli.errors import GradcamError, GradcamWarning
+from gradcam_cli.errors import EXIT_INTERNAL, GradcamError, GradcamWarning
 
 if TYPE_CHECKING:
     from gradcam_cli.events import EventLog
@@ -54,6 +54,31 @@ def _warnings_to_user(quiet: bool, events: EventLog | None = None) -> Iterator[N
 
         warnings.showwarning = show
         yield
+
+
+def _internal_error(error: BaseException, debug: bool = False, events: EventLog | None = None) -> typer.Exit:
+    """An unexpected exception: one paragraph (what failed, where, where the traceback went) and exit 5.
+
+    The workers are already stopped by the run's own shutdown; this only reports."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" in {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""
+    full = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if events is not None:
+        events.emit("run_failed", error=f"{type(error).__name__}: {error}", traceback=full)
+    if debug:
+        typer.echo(full.rstrip(), err=True)
+    told = "the full traceback is above" if debug else "rerun with --debug to see the full traceback"
+    if events is not None and events.path is not None:
+        told = f"the full traceback is in {events.path}" + ("" if debug else " (or rerun with --debug)")
+    typer.echo(
+        f"gradcam: error: unexpected {type(error).__name__}{where}: {str(error).strip() or 'no message'}. The run "
+        f"stopped and its worker processes were shut down; records written so far stay valid and a rerun resumes. "
+        f"{told[0].upper() + told[1:]}.",
+        err=True,
+    )
+    return typer.Exit(code=EXIT_INTERNAL)
 
 
 def _version(value: bool) -> None:
@@ -116,6 +141,9 @@ def run(
     log_file: Annotated[Path | None, typer.Option(help="Append run events to this file (for log shippers).")] = None,
     log_format: Annotated[str, typer.Option(help="Event format in --log-file: json or text.")] = "json",
     json_summary: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an unexpected error, print the full traceback (exit code 5).")
+    ] = False,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -133,8 +161,9 @@ def run(
     """Explain every image of the inputs; write heatmaps, overlays, records.jsonl and manifest.json.
 
     Exit codes: 0 all images ok, 1 some images failed, 2 usage or config error (nothing written),
-    3 another run holds the output folder, 4 the output folder cannot be written, 130/143 interrupted
-    by SIGINT/SIGTERM (finished batches are kept; rerun to resume).
+    3 another run holds the output folder, 4 the output folder cannot be written, 5 an unexpected
+    failure (a worker died, a model that raises; --debug shows the traceback), 130/143 interrupted by
+    SIGINT/SIGTERM (finished batches are kept; rerun to resume).
     """
     from gradcam_cli.config import load_config
     from gradcam_cli.runner.backends import check_backend_name
@@ -206,6 +235,10 @@ def run(
                         ray_actors=ray_actors,
                     ),
                 )
+        except GradcamError:
+            raise
+        except Exception as error:  # noqa: BLE001 - anything else is a bug or a broken model: exit 5, no hang
+            raise _internal_error(error, debug, events) from None
         finally:
             events.close()
     except GradcamError as error:
@@ -272,12 +305,23 @@ def layers(config: ConfigOption) -> None:
     auto = auto_layer(infos)
     width_name = max((len(info.name) for info in infos), default=5)
     width_kind = max([len("type"), *(len(info.kind) for info in infos)])  # ONNX converter classes run long
-    typer.echo(f"{'layer':<{width_name}}  {'type':<{width_kind}} {'output shape':<20} {'target':<6} layout")
+    typer.echo(
+        f"{'layer':<{width_name}}  {'type':<{width_kind}} {'output shape':<20} {'target':<6} {'calls':<5} layout"
+    )
     for info in infos:
         mark = "auto" if info.name == auto else ("yes" if info.spatial else "")
         shape = "x".join(str(d) for d in info.shape) if info.shape else "-"
-        row = f"{info.name:<{width_name}}  {info.kind:<{width_kind}} {shape:<20} {mark:<6} {info.layout or ''}"
+        calls = str(info.calls) if info.calls > 1 else ""
+        row = (
+            f"{info.name:<{width_name}}  {info.kind:<{width_kind}} {shape:<20} {mark:<6} {calls:<5} {info.layout or ''}"
+        )
         typer.echo(row.rstrip())
+    if any(info.calls > 1 and info.spatial for info in infos):
+        typer.echo(
+            "calls: modules that run more than once per forward (a shared activation module); as a target layer "
+            "such a module is explained at its last call (its shape above); auto prefers modules that run once.",
+            err=True,
+        )
 
 
 @app.command()
@@ -378,9 +422,12 @@ def init(
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        app(standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as error:  # noqa: BLE001 - any other command's unexpected error: one paragraph, exit 5
+        _internal_error(error, debug="--debug" in sys.argv)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Events: `run_started`, `image_failed` (one per error record), `run_finished` (with the summary),
 `stale_lock_taken_over` when a crashed run's lock was taken over, and for shards `shards_merged` (the last
 shard wrote the manifest) or `merge_failed` (it could not, and says why), and `warning` for each warning the
-library raised (GradcamWarning; also printed on stderr unless --quiet).
+library raised (GradcamWarning; also printed on stderr unless --quiet), and `run_failed` with the full
+traceback when an unexpected error stops a run (exit 5).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class EventLog:
     """Appends one line per event; JSON objects or `time event key=value` text."""
 
     def __init__(self, path: Path | None, fmt: str = "json") -> None:
+        self.path = path
         self.format = fmt
         self._handle: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
 

@@ -272,3 +272,67 @@ def test_output_report_writes_the_gallery_after_the_run(config_file, image_folde
     assert [t.stat().st_mtime_ns for t in thumbnails] == made
     result = gradcam("report", str(tmp_path / "nothing-here"))
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_an_unexpected_error_is_one_paragraph_exit_5_and_never_hangs(tmp_path: Path, tiny_weights: Path) -> None:
+    """A model whose forward raises mid-run: not exit 1 ("some images failed"), no traceback, no hang with a
+    decode worker alive; --debug and --log-file have the traceback."""
+    from tests.conftest import ASSETS, random_image
+
+    for i in range(8):
+        random_image(tmp_path / "images" / f"{i}.png", 40, 30, seed=i)
+    config = tmp_path / "raising.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"factory": str(ASSETS / "tiny_models.py") + ":build_raising", "weights": str(tiny_weights)},
+                "preprocess": {"size": [32, 32]},
+                "runtime": {"device": "cpu", "batch_size": 4, "workers": 1},
+            }
+        )
+    )
+    base = [sys.executable, "-m", "gradcam_cli.cli", "run", "-c", str(config), "-i", str(tmp_path / "images")]
+    log = tmp_path / "events.jsonl"
+    done = subprocess.run(
+        [*base, "-o", str(tmp_path / "a"), "--log-file", str(log)], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 5, done.stderr
+    assert "unexpected RuntimeError" in done.stderr and "boom" in done.stderr and "Traceback" not in done.stderr
+    assert str(log) in done.stderr
+    failed = [json.loads(line) for line in log.read_text().splitlines() if '"run_failed"' in line]
+    assert failed and "Traceback" in failed[0]["traceback"]
+    debug = subprocess.run([*base, "-o", str(tmp_path / "b"), "--debug"], capture_output=True, text=True, timeout=90)
+    assert debug.returncode == 5 and "Traceback" in debug.stderr
+
+
+def test_a_shared_activation_module_is_shown_and_explained_without_hanging(tmp_path: Path) -> None:
+    """Reviewer repro: ablationcam on a ReLU module used three times (which auto used to pick) printed a
+    traceback and hung with its decode worker alive."""
+    from tests.conftest import ASSETS, random_image
+
+    for i in range(4):
+        random_image(tmp_path / "images" / f"{i}.png", 40, 30, seed=i)
+    config = tmp_path / "shared.json"
+    model = {"factory": str(ASSETS / "tiny_models.py") + ":build_shared_activation"}
+    for target in ("auto", "act"):
+        config.write_text(
+            json.dumps(
+                {
+                    "model": {**model, "target_layer": target},
+                    "preprocess": {"size": [32, 32]},
+                    "runtime": {"device": "cpu", "batch_size": 2, "workers": 1},
+                }
+            )
+        )
+        command = [sys.executable, "-m", "gradcam_cli.cli", "run", "-c", str(config), "-i", str(tmp_path / "images")]
+        done = subprocess.run(
+            [*command, "-o", str(tmp_path / target), "--method", "ablationcam", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+    listing = runner.invoke(app, ["layers", "-c", str(config)])
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
+    assert "3" in rows["act"] and "auto" in rows["conv3"]
+    assert "explained at its last call" in listing.stderr

@@ -138,3 +138,30 @@ def test_slow_methods_show_progress_and_respect_the_chunk(capsys: pytest.Capture
         engine.explain(torch.randn(1, 3, 32, 32), TargetSpec())
     assert max(rows) <= 5 and sum(rows) == 16  # 16 channels, at most 5 rows per extra pass
     assert "scorecam image 1/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam", "ablationcam", "eigencam"])
+def test_a_module_called_several_times_is_explained_at_its_last_call(method: str) -> None:
+    """A shared activation module (called at the stem, the middle and the head): every method explains its
+    last call, exactly as if that call were a module of its own."""
+    from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
+    from gradcam_cli.models import auto_layer, trace_layers
+    from tests.assets.tiny_models import SharedActivation
+
+    torch.manual_seed(0)
+    shared = SharedActivation().eval()
+    twin = SharedActivation(distinct_last=True).eval()
+    twin.load_state_dict(shared.state_dict())
+    for model in (shared, twin):
+        model.requires_grad_(False)
+    layers, _ = trace_layers(shared, torch.zeros(1, 3, 32, 32))
+    calls = {info.name: info.calls for info in layers}
+    assert calls["act"] == 3 and calls["conv3"] == 1
+    assert auto_layer(layers) == "conv3"  # auto prefers a module that runs once
+    images = torch.randn(3, 3, 32, 32)
+    with CamEngine(shared, [shared.act], METHODS[method], calls=[3], chunk=4) as engine:
+        found = engine.explain(images, TargetSpec("top1"))
+    with CamEngine(twin, [twin.head_act], METHODS[method], chunk=4) as engine:
+        expected = engine.explain(images, TargetSpec("top1"))
+    assert torch.allclose(found.cams, expected.cams, atol=1e-5)
+    assert torch.equal(found.class_indices, expected.class_indices)

@@ -104,6 +104,7 @@ class CamEngine:
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
         chunk: int = 64,
+        calls: Sequence[int] | None = None,
     ) -> None:
         self.model = model
         self.target_layers = list(target_layers)
@@ -115,6 +116,10 @@ class CamEngine:
         self.eigen_smooth = eigen_smooth
         self.aug_smooth = aug_smooth
         self.chunk = chunk
+        # Times each target module runs per forward: a module called at the stem and at the head (a shared
+        # activation) is explained at its last call, by every method, hooks and replacements alike.
+        self.calls = list(calls) if calls is not None else [1] * len(self.target_layers)
+        self._seen: list[int] = [0] * len(self.target_layers)
         self.show_progress = False  # a progress bar for methods with many extra passes
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._activations: dict[int, torch.Tensor] = {}
@@ -132,8 +137,18 @@ class CamEngine:
             self._handles.clear()
             self._activations.clear()
 
+    def _is_last_call(self, index: int) -> bool:
+        """Counts a call of target layer `index`; whether it is the call of the forward that is explained."""
+        self._seen[index] += 1
+        return self._seen[index] >= self.calls[index]
+
+    def _new_forward(self) -> None:
+        self._seen = [0] * len(self.target_layers)
+
     def _capture(self, index: int) -> Callable[..., torch.Tensor | None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor | None:
+            if not self._is_last_call(index):
+                return None  # an earlier call of a shared module: it runs as usual
             if not torch.is_tensor(output):
                 raise ModelError(
                     f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "
@@ -182,6 +197,7 @@ class CamEngine:
         return batch
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self._new_forward()
         with torch.set_grad_enabled(self.method.needs_gradients), self._autocast(images.device.type):
             logits = self.scores(self.model(images))
         missing = [i for i in range(len(self.target_layers)) if i not in self._activations]
@@ -219,6 +235,7 @@ class CamEngine:
 
     def _score_inputs(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Scores of `classes` for extra forward passes (score-CAM masks, ablations), no graph."""
+        self._new_forward()
         with torch.no_grad(), self._autocast(inputs.device.type):
             logits = self.scores(self.model(inputs))
         return logits.float().gather(1, classes[:, None])[:, 0]
@@ -229,9 +246,13 @@ class CamEngine:
         """Scores with the target layer's output replaced by `activations` (one row per input)."""
         if self.adapters[layer] not in (default_to_spatial, identity):
             raise ModelError("ablationcam needs a target layer with a (B, C, h, w) output, not tokens or NHWC")
-        handle = self.target_layers[layer].register_forward_hook(
-            lambda module, args, output: activations.to(output.dtype)
-        )
+        calls = {"seen": 0}
+
+        def replace_last_call(module: nn.Module, args: Any, output: Any) -> Any:
+            calls["seen"] += 1
+            return activations.to(output.dtype) if calls["seen"] == self.calls[layer] else None
+
+        handle = self.target_layers[layer].register_forward_hook(replace_last_call)
         try:
             return self._score_inputs(inputs, classes)
         finally:

@@ -42,6 +42,7 @@ class LayerInfo:
     kind: str
     shape: tuple[int, ...] | None
     layout: str | None  # how it becomes a (B, C, h, w) map (nchw, nhwc, tokens ...); None: not usable
+    calls: int = 1  # times the module runs in one forward (a shared activation module runs several times)
 
     @property
     def spatial(self) -> bool:
@@ -50,7 +51,8 @@ class LayerInfo:
 
 
 def trace_layers(module: nn.Module, example: torch.Tensor) -> tuple[list[LayerInfo], Any]:
-    """One dry forward pass recording every named module's output shape, in call order (last call wins)."""
+    """One dry forward pass recording every named module's output shape and how often it runs, in call order
+    (its last call's place and shape: the call a CAM of that module explains)."""
     order: dict[str, LayerInfo] = {}
     handles = []
     input_size = (int(example.shape[-2]), int(example.shape[-1]))
@@ -59,8 +61,8 @@ def trace_layers(module: nn.Module, example: torch.Tensor) -> tuple[list[LayerIn
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
             shape = tuple(output.shape) if torch.is_tensor(output) else None
             found = describe_layout(shape, input_size)
-            order.pop(name, None)
-            order[name] = LayerInfo(name, type(mod).__name__, shape, found[0] if found else None)
+            calls = order.pop(name).calls + 1 if name in order else 1
+            order[name] = LayerInfo(name, type(mod).__name__, shape, found[0] if found else None, calls)
 
         return hook
 
@@ -84,9 +86,11 @@ def trace_layers(module: nn.Module, example: torch.Tensor) -> tuple[list[LayerIn
 
 
 def auto_layer(layers: list[LayerInfo]) -> str | None:
-    """The last usable layer in forward order. For token models, the last block's pre-attention norm
-    (`ln_1`/`norm1`): after the final norm only the class token carries gradient, so maps would be empty."""
-    usable = [info for info in layers if info.spatial]
+    """The last usable layer in forward order, preferring modules that run once per forward (a shared
+    activation module called at the stem and the head is a poor target: its calls share one name). For
+    token models, the last block's pre-attention norm (`ln_1`/`norm1`): after the final norm only the class
+    token carries gradient, so maps would be empty."""
+    usable = [info for info in layers if info.spatial and info.calls == 1] or [info for info in layers if info.spatial]
     if not usable:
         return None
     last = usable[-1]

@@ -148,6 +148,7 @@ def prepare(config: Config, build: Config | None = None) -> PreparedRun:
         )
     named_layers = resolve_target_layers(loaded.module, build.model.target_layers, layers)
     shapes = {info.name: info.shape for info in layers}
+    calls = {info.name: info.calls for info in layers}
     adapters = []
     for name, _ in named_layers:
         found = describe_layout(
@@ -183,6 +184,7 @@ def prepare(config: Config, build: Config | None = None) -> PreparedRun:
         eigen_smooth=build.cam.eigen_smooth,
         aug_smooth=build.cam.aug_smooth,
         chunk=build.cam.chunk_size,
+        calls=[calls.get(name, 1) for name, _ in named_layers],
     )
     return PreparedRun(
         config=with_batch_cap(config, max_batch),

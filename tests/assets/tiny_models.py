@@ -93,3 +93,42 @@ def build_tiny_vit(num_classes: int = 3) -> nn.Module:
     return VisionTransformer(
         image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=num_classes
     )
+
+
+class RaisingCNN(TinyCNN):
+    """Traces and loads fine (batches of 1 and 2), then raises on a real batch: a broken model in production."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 2:
+            raise RuntimeError("boom: this model fails on batches of more than 2")
+        return super().forward(x)
+
+
+def build_raising(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return RaisingCNN(num_classes)
+
+
+class SharedActivation(nn.Module):
+    """One ReLU module called three times per forward (stem, middle, head), as EfficientNet's `_swish`;
+    with `distinct_last`, the head's call is its own module (same maths): the reference for tests."""
+
+    def __init__(self, num_classes: int = 3, distinct_last: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.head_act = nn.ReLU() if distinct_last else self.act
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.head_act(self.conv3(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def build_shared_activation(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return SharedActivation(num_classes)
