@@ -90,6 +90,17 @@ def test_missing_checkpoint_and_factory_errors(tmp_path: Path) -> None:
         load_model(_model_config(tmp_path, torchvision="resnet18", weights="IMAGENET9K"))
 
 
+def test_missing_checkpoint_points_to_a_readme_next_to_it(tmp_path: Path) -> None:
+    """A folder of git-ignored weights can say how to get them (configs/weights/README.md does)."""
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ConfigError) as info:
+        load_model(_model_config(tmp_path, factory=FACTORY, weights="weights/net.pt"))
+    assert "README" not in str(info.value)
+    (tmp_path / "weights" / "README.md").write_text("make weights\n")
+    with pytest.raises(ConfigError, match=r"checkpoint file not found: .*net\.pt\. .*README\.md says how to get it"):
+        load_model(_model_config(tmp_path, factory=FACTORY, weights="weights/net.pt"))
+
+
 def test_torchvision_weights_offline_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
 

@@ -23,7 +23,9 @@ def file_sha256(path: Path) -> str:
 def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """A state_dict from .safetensors or a torch file, unwrapping {"state_dict"}/{"model"} and "module."."""
     if not path.is_file():
-        raise ConfigError(f"model.weights: checkpoint file not found: {path}.")
+        readme = path.parent / "README.md"  # a folder of git-ignored weights can say how to get them
+        hint = f" {readme} says how to get it." if readme.is_file() else ""
+        raise ConfigError(f"model.weights: checkpoint file not found: {path}.{hint}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
