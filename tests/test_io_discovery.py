@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,21 @@ def test_check_inputs(tmp_path: Path) -> None:
 
 def test_safe_relpath() -> None:
     assert safe_relpath("/a/../b//./c.jpg") == "a/__/b/c.jpg"
+
+
+def test_folders_nested_deeper_than_the_recursion_limit(
+    tmp_path: Path, deep_folder: Callable[[Path, int], Path]
+) -> None:
+    deep = deep_folder(tmp_path / "in", 1100)
+    (deep / "x.jpg").write_bytes(b"x")
+    (tmp_path / "in" / "y.jpg").write_bytes(b"x")
+    paths = [s.path for s in discover([str(tmp_path / "in")], EXTS)]
+    assert paths == ["d/" * 1100 + "x.jpg", "y.jpg"]  # depth first, then the rest of the folder
+
+
+def test_a_file_name_that_is_not_utf8_gets_an_escaped_path(tmp_path: Path) -> None:
+    folder = os.fsencode(tmp_path)
+    os.close(os.open(folder + b"/caf\xe9.jpg", os.O_CREAT | os.O_WRONLY))
+    (source,) = discover([str(tmp_path)], EXTS)
+    assert source.path == "caf%E9.jpg"
+    assert os.fsencode(source.source) == folder + b"/caf\xe9.jpg"  # still read by its real name

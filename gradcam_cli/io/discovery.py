@@ -80,6 +80,23 @@ def check_inputs(inputs: Iterable[str]) -> list[str]:
     return checked
 
 
+def _escape_surrogate(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (Python's surrogateescape)
+        return f"%{code - 0xDC00:02X}"
+    return f"%u{code:04X}" if 0xD800 <= code <= 0xDFFF else char
+
+
+def printable_path(text: str) -> str:
+    """`text` as valid UTF-8, for records and output names: a file name byte that is not UTF-8 becomes
+    %XX (b"caf\\xe9.jpg" is "caf%E9.jpg"). The image itself is still read by its real name."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join(_escape_surrogate(char) for char in text)
+    return text
+
+
 def safe_relpath(path: str) -> str:
     """A POSIX relative path that cannot escape a folder it is joined to ('..' and roots removed)."""
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -102,46 +119,73 @@ def _root_labels(inputs: list[str]) -> dict[int, str]:
     return labels
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
 def _walk(
     root: Path, base: Path, filters: Filters, chain: set[tuple[int, int]], exclude: Path | None, ignored: Ignored | None
 ) -> Iterator[tuple[Path, os.stat_result | None]]:
-    """Depth-first, sorted by name, hidden entries skipped, symlinked folders followed without loops."""
-    if exclude is not None and root.resolve() == exclude:
-        return  # our own output folder inside an input folder: never read results back as inputs
-    try:
-        identity = (root.stat().st_dev, root.stat().st_ino)
-        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
-    except OSError:
-        return
-    if identity in chain:
-        return  # a symlink loop
-    chain.add(identity)
-    for entry in entries:
+    """Depth-first, sorted by name, hidden entries skipped, symlinked folders followed without loops.
+
+    Iterative (a stack of open folders), so folders nested thousands deep do not hit the recursion limit;
+    `chain` holds the identities of the folders on the current path (a loop is a folder seen on it)."""
+    stack: list[tuple[tuple[int, int], Iterator[os.DirEntry[str]]]] = []
+    excluded = _identity(exclude) if exclude is not None else None  # compared by inode: no resolve() per folder
+
+    def enter(folder: Path) -> None:
+        try:
+            info = folder.stat()
+        except OSError:
+            return
+        identity = (info.st_dev, info.st_ino)
+        if identity == excluded:
+            return  # our own output folder inside an input folder: never read results back as inputs
+        if identity in chain:
+            return  # a symlink loop
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        chain.add(identity)
+        stack.append((identity, iter(entries)))
+
+    enter(root)
+    while stack:
+        identity, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            chain.discard(identity)
+            continue
         rel = Path(entry.path).relative_to(base).as_posix()
         if entry.name.startswith("."):
             continue
         if entry.is_symlink() and not filters.follow_symlinks:
             if ignored:
-                ignored(rel, "a symlink (input.follow_symlinks is false)")
+                ignored(printable_path(rel), "a symlink (input.follow_symlinks is false)")
             continue
         try:
             is_dir = entry.is_dir()
         except OSError:
             is_dir = False
         if is_dir:
-            yield from _walk(Path(entry.path), base, filters, chain, exclude, ignored)
+            enter(Path(entry.path))
             continue
         reason = filters.reason_to_ignore(rel)
         if reason:
             if ignored:
-                ignored(rel, reason)
+                ignored(printable_path(rel), reason)
             continue
         try:
-            info: os.stat_result | None = entry.stat()
+            stat_info: os.stat_result | None = entry.stat()
         except OSError:
-            info = None  # a broken symlink: reading it gives the error record
-        yield Path(entry.path), info
-    chain.discard(identity)
+            stat_info = None  # a broken symlink: reading it gives the error record
+        yield Path(entry.path), stat_info
 
 
 def _member_path(name: str, archive_name: str, filters: Filters, ignored: Ignored | None) -> str | None:
@@ -152,7 +196,7 @@ def _member_path(name: str, archive_name: str, filters: Filters, ignored: Ignore
     reason = "hidden" if rel.split("/")[-1].startswith(".") else filters.reason_to_ignore(rel)
     if reason:
         if ignored:
-            ignored(f"{archive_name}/{rel}", reason)
+            ignored(printable_path(f"{archive_name}/{rel}"), reason)
         return None
     return rel
 
@@ -261,4 +305,5 @@ def discover(
                 while path in stdin_paths_seen:
                     path, n = f"{base}~{n}", n + 1
                 stdin_paths_seen.add(path)
+            path = printable_path(path)  # records are UTF-8 JSON; `source` keeps the real name for reading
             yield source if path == source.path else replace(source, path=path)
