@@ -14,6 +14,8 @@ import stat
 import sys
 import tarfile
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -77,7 +79,30 @@ def check_inputs(inputs: Iterable[str]) -> list[str]:
     for item in checked:
         if item != STDIN and not os.path.exists(item):
             raise InputError(f"input not found: {item}. Pass an existing folder, image file, archive, or -.")
+        if item != STDIN and is_archive(item):
+            check_archive(item)
     return checked
+
+
+# What reading a damaged archive raises (a truncated gzip stream is an EOFError, a bad deflate block zlib.error).
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError)
+
+
+def check_archive(path: str) -> None:
+    """An archive --input must open (its index, or its first header) before anything is written."""
+    try:
+        if path.lower().endswith(".zip"):
+            with zipfile.ZipFile(path):
+                return
+        with tarfile.open(path, mode="r:*") as handle:
+            handle.next()  # the first header: random bytes with a .tar name fail here
+    except ARCHIVE_ERRORS as exc:
+        kind = "zip" if path.lower().endswith(".zip") else "tar"
+        reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+        raise InputError(
+            f"cannot open the archive {path}: it is not a readable {kind} archive ({reason}). Check that the file "
+            "is complete (not empty or cut short), or pass the folder of its images instead."
+        ) from None
 
 
 def _escape_surrogate(char: str) -> str:
@@ -201,28 +226,60 @@ def _member_path(name: str, archive_name: str, filters: Filters, ignored: Ignore
     return rel
 
 
+def _archive_break(source: str, exc: BaseException) -> ImageSource:
+    """The record of an archive that broke while it was read; the members before the break keep theirs."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    message = f"the archive is damaged or cut short, members after this point were not read: {reason}"
+    return ImageSource(source=source, path="", archive=source, error=("ArchiveError", message))
+
+
+def _unique_members(sources: Iterator[ImageSource]) -> Iterator[ImageSource]:
+    """A name stored twice in one archive gets `name~2` (as stdin paths do), so outputs never collide."""
+    seen: set[str] = set()
+    for source in sources:
+        path, n = source.path, 2
+        while path in seen:
+            path, n = f"{source.path}~{n}", n + 1
+        seen.add(path)
+        yield source if path == source.path else replace(source, path=path)
+
+
 def _archive_sources(archive: Path, filters: Filters, ignored: Ignored | None) -> Iterator[ImageSource]:
-    """Members of a zip or tar archive, in stored order, never extracted to disk."""
+    """Members of a zip or tar archive, in stored order, never extracted to disk; a break ends them with
+    an ArchiveError source for the archive itself (path "")."""
+    members = _zip_members if archive.name.lower().endswith(".zip") else _tar_members
+    try:
+        yield from _unique_members(members(archive, filters, ignored))
+    except ARCHIVE_ERRORS as exc:
+        yield _archive_break(str(archive), exc)
+
+
+def _zip_members(archive: Path, filters: Filters, ignored: Ignored | None) -> Iterator[ImageSource]:
     source = str(archive)
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as handle:
-            for info in handle.infolist():
-                if info.is_dir():
-                    continue
-                rel = _member_path(info.filename, archive.name, filters, ignored)
-                if rel is None:
-                    continue
-                is_link = stat.S_ISLNK(info.external_attr >> 16)
-                yield ImageSource(
-                    source=source,
-                    path=rel,
-                    file_size=info.file_size,
-                    mtime_ns=int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp() * 1e9),
-                    archive=source,
-                    member=info.filename,
-                    error=("ArchiveLink", "symbolic link members are not followed") if is_link else None,
-                )
-        return
+    with zipfile.ZipFile(archive) as handle:
+        stored = Counter(info.filename for info in handle.infolist())
+        for info in handle.infolist():
+            if info.is_dir():
+                continue
+            rel = _member_path(info.filename, archive.name, filters, ignored)
+            if rel is None:
+                continue
+            is_link = stat.S_ISLNK(info.external_attr >> 16)
+            yield ImageSource(
+                source=source,
+                path=rel,
+                file_size=info.file_size,
+                mtime_ns=int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp() * 1e9),
+                archive=source,
+                member=info.filename,
+                # reading by name gives the last of the members stored under it: read a repeated one here
+                data=handle.read(info) if stored[info.filename] > 1 and not is_link else None,
+                error=("ArchiveLink", "symbolic link members are not followed") if is_link else None,
+            )
+
+
+def _tar_members(archive: Path, filters: Filters, ignored: Ignored | None) -> Iterator[ImageSource]:
+    source = str(archive)
     with tarfile.open(archive, mode="r:*") as handle:
         for info in handle:
             if info.isdir():
@@ -293,7 +350,10 @@ def discover(
         elif is_archive(item):
             archive = Path(item).resolve()
             labelled = prefix or archive.name  # members are named <archive>/<member>
-            sources = (replace(s, path=f"{labelled}/{s.path}") for s in _archive_sources(archive, filters, ignored))
+            sources = (
+                replace(s, path=f"{labelled}/{s.path}" if s.path else labelled)  # "": the archive's own record
+                for s in _archive_sources(archive, filters, ignored)
+            )
             prefix = None
         else:
             sources = [_file_source(str(Path(item).resolve()), Path(item).name)]
