@@ -252,6 +252,15 @@ class OutputConfig(_Strict):
     png_compression: int = Field(1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small")
     report: bool = Field(False, description="write the HTML gallery index.html at the end of every run")
 
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "an empty output folder name would write the results into the working directory; name a folder"
+            )
+        return value
+
 
 class RuntimeConfig(_Strict):
     """Where and how fast to compute."""

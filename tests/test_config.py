@@ -113,3 +113,9 @@ def test_pixel_range_and_channel_order(tmp_path: Path) -> None:
     assert config.preprocess.pixel_range == (0.0, 255.0) and config.preprocess.channel_order == "bgr"
     assert "low < high" in _error({"model": base, "preprocess": {"pixel_range": [1, -1]}}, tmp_path)
     assert "preprocess.channel_order" in _error({"model": base, "preprocess": {"channel_order": "grb"}}, tmp_path)
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_output_folder_name_is_refused(tmp_path: Path, tiny_config: dict, empty: str) -> None:
+    with pytest.raises(ConfigError, match="empty output folder name"):
+        parse_config({**tiny_config, "output": {"dir": empty}}, tmp_path)

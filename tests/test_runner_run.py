@@ -65,3 +65,40 @@ def test_hostile_file_names_are_processed_and_the_run_goes_on(
     assert summary.exit_code == 0 and all(record["status"] == "ok" for record in records)
     for record in records:
         assert (tmp_path / "out" / record["cams"][0]["overlay"]).is_file()
+
+
+@pytest.mark.parametrize("link", ["heatmaps", "heatmaps/sub", "thumbnails"])
+def test_a_symlinked_result_folder_is_refused_before_anything_is_written(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path, link: str
+) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / link).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(elsewhere, out / link)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        run(parse_config(tiny_config, tmp_path), RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before and not any(elsewhere.iterdir())
+
+
+def test_the_output_folder_cannot_be_an_input_folder(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    config = parse_config({**tiny_config, "output": {"dir": str(image_folder)}}, tmp_path)
+    before = sorted(image_folder.rglob("*"))
+    with pytest.raises(ConfigError, match="is also an --input folder"):
+        run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert sorted(image_folder.rglob("*")) == before
+
+
+def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    config = parse_config(tiny_config, tmp_path)
+    run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    stale = tmp_path / "out" / ".manifest.json.x1y2z3_a.tmp"  # a kill during the manifest write
+    stale.write_bytes(b"{")
+    kept = tmp_path / "out" / "notes.tmp"
+    kept.write_bytes(b"mine")
+    run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert not stale.exists() and kept.exists()

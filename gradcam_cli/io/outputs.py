@@ -51,6 +51,30 @@ def fitted_path(path: str, tail: str = "") -> str:
     return "/".join([*(_fitted(folder, "") for folder in folders), _fitted(name, tail)])
 
 
+RESULT_FOLDERS = (HEATMAPS, OVERLAYS, RAW, THUMBNAILS)
+
+
+def linked_result_folder(out_dir: Path) -> Path | None:
+    """The first result folder (heatmaps/, overlays/, raw/, thumbnails/ or a folder below them) that is a
+    symbolic link, or None. Files written there would land wherever the link points."""
+    folders = [out_dir / name for name in RESULT_FOLDERS]
+    while folders:  # iterative: result folders mirror inputs that may nest thousands deep
+        folder = folders.pop()
+        if folder.is_symlink():
+            return folder
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # missing (made later) or unreadable (the write probe says so)
+        for entry in entries:
+            if entry.is_symlink():
+                if not entry.is_file():  # a link to a file is replaced by the rename, never written through
+                    return Path(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+    return None
+
+
 def thumbnail_name(image_path: str) -> str:
     """The gallery thumbnail of an image, relative to the output folder."""
     return f"{THUMBNAILS}/{fitted_path(image_path, '.jpg')}"
