@@ -74,7 +74,7 @@ def decode_bytes(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageReadError("NotAnImage", "not a recognised image format") from None
     except MemoryError:
         raise  # the decode stage (runner/loader.py) records it with its own message
-    except Exception as exc:  # noqa: BLE001 - any decoder bug on hostile bytes is this image's error, not the run's
+    except Exception as exc:  # any decoder bug on hostile bytes is this image's error, not the run's
         message = str(exc) or type(exc).__name__
         kind = "TruncatedImage" if "truncated" in message.lower() else "DecodeError"
         raise ImageReadError(kind, message[:500]) from None
