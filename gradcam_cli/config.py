@@ -264,6 +264,15 @@ class OutputConfig(_Strict):
     )
     report: bool = Field(False, description="write the HTML gallery index.html at the end of every run")
 
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "an empty output folder name would write the results into the working directory; name a folder"
+            )
+        return value
+
 
 class RuntimeConfig(_Strict):
     """Where and how fast to compute."""
@@ -397,6 +406,20 @@ def _fields_at(loc: tuple[Any, ...]) -> dict[str, Any] | None:
     return model.model_fields
 
 
+MESSAGE_VALUE_CHARS = 200  # a value shown in a message is cut to this (a 100 MB value gives a short message)
+
+
+def _shorten(text: str, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _cut(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """repr(value), cut to `limit` characters with "..." (values in messages can be huge)."""
+    if isinstance(value, (str, bytes)):
+        value = value[: limit + 1]  # no need to repr 100 MB to show 200 characters
+    return _shorten(repr(value), limit)
+
+
 def _describe(error: dict[str, Any]) -> str:
     # Unions report one error per member; keep the path up to the first non-name part.
     loc = tuple(part for part in error["loc"] if isinstance(part, (str, int)))
@@ -408,15 +431,16 @@ def _describe(error: dict[str, Any]) -> str:
             parts.append(f"[{part}]")
         else:
             break
-    key = ".".join(parts).replace(".[", "[") or "(top level)"
+    key = _shorten(".".join(parts).replace(".[", "[") or "(top level)", 120)
     if error["type"] == "extra_forbidden":
         fields = _fields_at(loc) or {}
-        return f"unknown key '{key}'{did_you_mean(loc[-1], fields)}"
+        return f"unknown key '{key}'{did_you_mean(_shorten(str(loc[-1]), 120), fields)}"
     if error["type"] == "missing":
         return f"missing required key '{key}'"
     message = error["msg"].removeprefix("Value error, ")
+    message = _shorten(message, 4 * MESSAGE_VALUE_CHARS)  # a validator's message may quote the value
     value = error.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) else f" (got {_cut(value)})"
     return f"bad value for '{key}'{shown}: {message}"
 
 
@@ -456,8 +480,30 @@ class _CompareFile(_Strict):
     compare: CompareConfig
 
 
+class _AliasRefused(yaml.MarkedYAMLError):
+    """Valid YAML that a config may not use (an anchor or an alias)."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors and aliases: an alias repeats a node, and nested aliases make a 1 KB file
+    ("billion laughs") expand to gigabytes. A config never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasRefused(
+                None,
+                None,
+                f"found the anchor or alias {_shorten(event.anchor or '', 40)!r}: YAML anchors (&name), aliases "
+                "(*name) and merge keys (<<) are not allowed in a config; write the values out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Read YAML with `safe_load`; a missing file or a syntax error is a ConfigError."""
+    """Read YAML like `safe_load` (without aliases); a missing file or a syntax error is a ConfigError whose
+    message keeps YAML's lines (the caret under the bad column)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -465,9 +511,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}.") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
+        where = str(exc).replace('"<unicode string>"', f'"{path}"')
+        what = "uses a YAML feature a config may not" if isinstance(exc, _AliasRefused) else "is not valid YAML"
+        raise ConfigError(f"{path} {what}:\n{where}") from None
     return data if data is not None else {}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +117,41 @@ def write_slow_config(path: Path, tiny_weights: Path, **runtime: Any) -> Path:
     }
     path.write_text(json.dumps(data))
     return path
+
+
+def remove_tree(root: Path) -> None:
+    """shutil.rmtree without recursion (pytest's own cleanup recurses and fails on very deep trees)."""
+    stack = [os.fsencode(root)]
+    while stack:
+        folder = stack[-1]
+        subfolders = []
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(entry.path)
+            else:
+                os.unlink(entry.path)
+        if subfolders:
+            stack.extend(subfolders)
+        else:
+            os.rmdir(stack.pop())
+
+
+@pytest.fixture
+def deep_folder(tmp_path: Path) -> Iterator[Callable[[Path, int], Path]]:
+    """deep_folder(root, depth): a folder `depth` levels of d/ below root; removed without recursion."""
+    made: list[Path] = []
+
+    def make(root: Path, depth: int) -> Path:
+        root.mkdir(parents=True, exist_ok=True)
+        made.append(root)
+        folder = root
+        for _ in range(depth):
+            folder = folder / "d"
+            folder.mkdir()
+        return folder
+
+    yield make
+    for root in made:
+        for child in (root / "d", root.parent / "out"):
+            if child.exists():
+                remove_tree(child)

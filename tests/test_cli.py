@@ -336,3 +336,41 @@ def test_a_shared_activation_module_is_shown_and_explained_without_hanging(tmp_p
     rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
     assert "3" in rows["act"] and "auto" in rows["conv3"]
     assert "explained at its last call" in listing.stderr
+
+
+def gradcam_process(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The CLI in its own process, so that a hang fails the test instead of stalling the suite."""
+    return subprocess.run(
+        [sys.executable, "-m", "gradcam_cli.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+@pytest.mark.parametrize("name", ["empty.zip", "random.tar"])
+def test_an_unreadable_archive_exits_2_and_writes_nothing(config_file, tmp_path: Path, name: str) -> None:
+    archive = tmp_path / name
+    archive.write_bytes(b"" if name == "empty.zip" else np.random.default_rng(0).bytes(4096))
+    result = gradcam_process("run", "-c", str(config_file()), "-i", str(archive), "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert "cannot open the archive" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_tar_gz_keeps_the_records_of_its_complete_members(config_file, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    archive = tmp_path / "images.tar.gz"
+    rng = np.random.default_rng(0)
+    with tarfile.open(archive, "w:gz") as handle:
+        for index in range(3):
+            buffer = io.BytesIO()  # noise: incompressible, so the cut lands inside the archive's later members
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+            info = tarfile.TarInfo(f"m{index}.png")
+            info.size = buffer.tell()
+            handle.addfile(info, io.BytesIO(buffer.getvalue()))
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    result = gradcam_process("run", "-c", str(config_file()), "-i", str(archive), "--quiet")
+    assert result.returncode == 1, result.stderr
+    by_path = {r["path"]: r for r in _manifest(tmp_path / "out")["images"]}
+    assert by_path["images.tar.gz/m0.png"]["status"] == "ok"
+    assert by_path["images.tar.gz"]["error"]["type"] == "ArchiveError"

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gradcam_cli.config import Config, apply_overrides, load_config, parse_config
 from gradcam_cli.errors import ConfigError
-from tests.conftest import write_yaml
+from tests.conftest import REPO, write_yaml
 
 
 def _error(data: dict, tmp_path: Path) -> str:
@@ -113,3 +115,44 @@ def test_pixel_range_and_channel_order(tmp_path: Path) -> None:
     assert config.preprocess.pixel_range == (0.0, 255.0) and config.preprocess.channel_order == "bgr"
     assert "low < high" in _error({"model": base, "preprocess": {"pixel_range": [1, -1]}}, tmp_path)
     assert "preprocess.channel_order" in _error({"model": base, "preprocess": {"channel_order": "grb"}}, tmp_path)
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_output_folder_name_is_refused(tmp_path: Path, tiny_config: dict, empty: str) -> None:
+    with pytest.raises(ConfigError, match="empty output folder name"):
+        parse_config({**tiny_config, "output": {"dir": empty}}, tmp_path)
+
+
+BILLION_LAUGHS = "\n".join(
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [{','.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+    + ["model: {torchvision: *i}"]
+)
+
+
+def test_yaml_aliases_are_refused_quickly(tmp_path: Path) -> None:
+    """A 1 KB "billion laughs" config once ran for minutes and took gigabytes: it must fail at once."""
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    code = (
+        "import sys\nfrom gradcam_cli.config import load_config\nfrom gradcam_cli.errors import ConfigError\n"
+        f"try:\n    load_config({str(path)!r})\nexcept ConfigError as error:\n    print(error)\n    sys.exit(2)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert "anchors (&name), aliases (*name)" in result.stdout and "line 1" in result.stdout
+
+
+def test_a_huge_bad_value_gives_a_short_message(tmp_path: Path) -> None:
+    message = _error({"model": {"torchvision": "resnet18"}, "cam": {"method": "x" * 5_000_000}}, tmp_path)
+    assert len(message) < 2000 and "xxx..." in message
+
+
+def test_a_yaml_syntax_error_keeps_its_lines_and_caret(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  torchvision: resnet18\n  weights: [unclosed\ncam: {}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    lines = str(caught.value).splitlines()
+    assert len(lines) > 2 and any(line.strip() == "^" for line in lines)
+    assert any(str(bad) in line and "line" in line for line in lines)

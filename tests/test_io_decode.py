@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import random
+import struct
 
 import numpy as np
 import pytest
@@ -113,3 +115,39 @@ def test_decode_bgr_gives_the_pixels_decode_bytes_gives(tmp_path, kind: str) -> 
     expected = np.asarray(decode_bytes(data, 10**9))
     found = decode_bgr(data, 10**9, expected.shape[:2])
     assert found.shape == expected.shape and np.array_equal(found[:, :, ::-1], expected)
+
+
+def _small_image() -> Image.Image:
+    return Image.linear_gradient("L").resize((12, 10)).convert("RGB")
+
+
+def test_an_unimplemented_format_is_a_read_error() -> None:
+    # A 384-byte DDS file (whatever its name says): Pillow raises NotImplementedError for its pixel format.
+    header = struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + bytes(44) + struct.pack("<2I4s", 32, 4, b"ZZZZ")
+    data = (b"DDS " + header).ljust(384, b"\0")
+    with pytest.raises(ImageReadError) as caught:
+        decode_bytes(data, 10**8)
+    assert caught.value.kind == "DecodeError"
+
+
+def test_a_tiff_missing_its_dimensions_is_a_read_error() -> None:
+    mutated = bytearray(_encode(_small_image(), "TIFF"))
+    mutated[131], mutated[254] = 203, 60  # Pillow raises TypeError("Missing dimensions")
+    with pytest.raises(ImageReadError):
+        decode_bytes(bytes(mutated), 10**8)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "TIFF", "BMP", "WEBP"])
+def test_mutated_files_decode_or_raise_read_error(fmt: str) -> None:
+    """A seeded fuzz: a few byte changes to a small valid file never escape as another exception."""
+    data = _encode(_small_image(), fmt)
+    rng = random.Random(0)
+    for _ in range(300):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        try:
+            image = decode_bytes(bytes(mutated), 10**6)
+        except ImageReadError:
+            continue
+        assert image.mode == "RGB"

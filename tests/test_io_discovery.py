@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import io
 import os
+import random
+import tarfile
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,3 +69,67 @@ def test_check_inputs(tmp_path: Path) -> None:
 
 def test_safe_relpath() -> None:
     assert safe_relpath("/a/../b//./c.jpg") == "a/__/b/c.jpg"
+
+
+def test_folders_nested_deeper_than_the_recursion_limit(
+    tmp_path: Path, deep_folder: Callable[[Path, int], Path]
+) -> None:
+    deep = deep_folder(tmp_path / "in", 1100)
+    (deep / "x.jpg").write_bytes(b"x")
+    (tmp_path / "in" / "y.jpg").write_bytes(b"x")
+    paths = [s.path for s in discover([str(tmp_path / "in")], EXTS)]
+    assert paths == ["d/" * 1100 + "x.jpg", "y.jpg"]  # depth first, then the rest of the folder
+
+
+def test_a_file_name_that_is_not_utf8_gets_an_escaped_path(tmp_path: Path) -> None:
+    folder = os.fsencode(tmp_path)
+    os.close(os.open(folder + b"/caf\xe9.jpg", os.O_CREAT | os.O_WRONLY))
+    (source,) = discover([str(tmp_path)], EXTS)
+    assert source.path == "caf%E9.jpg"
+    assert os.fsencode(source.source) == folder + b"/caf\xe9.jpg"  # still read by its real name
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as handle:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            handle.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "content"), [("empty.zip", b""), ("bad.zip", b"PK\x03\x04" + bytes(60)), ("random.tar", None)]
+)
+def test_an_archive_that_cannot_be_opened_is_an_input_error(tmp_path: Path, name: str, content: bytes | None) -> None:
+    archive = tmp_path / name
+    archive.write_bytes(content if content is not None else random.Random(0).randbytes(4096))
+    with pytest.raises(InputError, match=f"cannot open the archive .*{name}"):
+        check_inputs([str(archive)])
+
+
+def test_a_truncated_tar_gz_keeps_its_complete_members_and_records_the_break(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    whole = _tar(tmp_path / "whole.tar.gz", [(f"m{i}.jpg", rng.randbytes(20000)) for i in range(3)], "w:gz")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    check_inputs([str(cut)])  # its start is readable: the run goes ahead
+    sources = list(discover([str(cut)], EXTS))
+    assert [s.path for s in sources] == ["cut.tar.gz/m0.jpg", "cut.tar.gz"]
+    assert len(sources[0].data or b"") == 20000 and sources[0].error is None
+    assert sources[1].error is not None and sources[1].error[0] == "ArchiveError"
+
+
+def test_a_name_stored_twice_in_an_archive_gets_a_distinct_path(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "twice.tar", [("a.jpg", b"one"), ("b.jpg", b"b"), ("a.jpg", b"two")])
+    sources = list(discover([str(archive)], EXTS))
+    assert [(s.path, s.data) for s in sources] == [
+        ("twice.tar/a.jpg", b"one"),
+        ("twice.tar/b.jpg", b"b"),
+        ("twice.tar/a.jpg~2", b"two"),
+    ]
+    with zipfile.ZipFile(tmp_path / "twice.zip", "w") as handle, pytest.warns(UserWarning, match="Duplicate name"):
+        handle.writestr("a.jpg", b"one")
+        handle.writestr("a.jpg", b"two")
+    zipped = [(s.path, s.data) for s in discover([str(tmp_path / "twice.zip")], EXTS)]
+    assert zipped == [("twice.zip/a.jpg", b"one"), ("twice.zip/a.jpg~2", b"two")]  # each its own bytes

@@ -331,3 +331,86 @@ def test_difference_map_colours() -> None:
     assert rgb[0, 0].tolist() == [255, 0, 0]  # hotter now: red
     assert rgb[0, 1].tolist() == [0, 0, 255]  # colder now: blue
     assert rgb[0, 2].tolist() == [255, 255, 255]  # unchanged: white
+
+
+def _edit_record(folder: Path, **fields: Any) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["images"][0].update(fields)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_html_reads_only_the_original_the_run_recorded(tmp_path: Path) -> None:
+    from gradcam_cli.reports.compare_formats import _original
+
+    baseline = fake_run(tmp_path / "a", {"one.jpg": ("cat", blob((5, 5)))})
+    current = fake_run(tmp_path / "b", {"one.jpg": ("cat", blob((40, 40)))})
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    Image.fromarray(np.full((48, 64, 3), 200, dtype=np.uint8)).save(secret)
+    data = secret.read_bytes()
+    for folder in (baseline, current):  # a record naming a file outside both folders, with no sha256
+        _edit_record(folder, source=str(secret), file_size=len(data))
+    (image,) = compare_runs(baseline, current, CompareConfig()).failing
+    assert _original(image) is None
+    import hashlib
+
+    _edit_record(current, sha256=hashlib.sha256(data).hexdigest())  # the very file the run read: shown
+    (image,) = compare_runs(baseline, current, CompareConfig()).failing
+    assert _original(image) is not None
+    secret.write_bytes(data[:-1] + b"\0")  # changed since: not shown
+    assert _original(image) is None
+
+
+def test_a_heatmap_declaring_too_many_pixels_is_refused_before_decoding(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    baseline = fake_run(tmp_path / "a", {"one.jpg": ("cat", blob((5, 5)))})
+    current = fake_run(tmp_path / "b", {"one.jpg": ("cat", blob((5, 5)))})
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # 30000x30000 grey: 900 MB decoded
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(30001)))
+        + chunk(b"IEND", b"")
+    )
+    (current / "heatmaps" / "one.jpg.png").write_bytes(bomb)
+    with pytest.raises(ConfigError, match="30000x30000 pixels exceeds the limit"):
+        compare_runs(baseline, current, CompareConfig())
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"status": "error", "error": "boom", "cams": [], "predictions": []},
+        {"path": ["one.jpg"]},
+        {"predictions": [{"class_index": 0, "label": "cat", "score": "high"}]},
+        {"cams": {"heatmap": "heatmaps/one.jpg.png"}},
+        {"cams": []},  # an ok record with nothing to compare
+    ],
+)
+def test_malformed_records_exit_2_naming_the_record(tmp_path: Path, fields: dict[str, Any]) -> None:
+    baseline = fake_run(tmp_path / "a", {"one.jpg": ("cat", blob((5, 5)))})
+    current = fake_run(tmp_path / "b", {"one.jpg": ("cat", blob((40, 40)))})
+    _edit_record(current, **fields)
+    result = runner.invoke(app, ["compare", str(baseline), str(current)])
+    assert result.exit_code == 2, result.output
+    assert "record 0" in result.stderr and "Traceback" not in result.output
+
+
+def test_control_characters_are_escaped_in_every_report(tmp_path: Path) -> None:
+    from gradcam_cli.reports.compare_formats import html_page, markdown, text_table, write_junit
+
+    name = "a\x1b[2J\rb.jpg"
+    baseline = fake_run(tmp_path / "a", {name: ("cat", blob((5, 5)))})
+    current = fake_run(tmp_path / "b", {name: ("cat", blob((40, 40)))})
+    comparison = compare_runs(baseline, current, CompareConfig())
+    write_junit(comparison, tmp_path / "junit.xml")
+    junit = (tmp_path / "junit.xml").read_text()
+    for report in (text_table(comparison), markdown(comparison), html_page(comparison), junit):
+        assert "\x1b" not in report and "\r" not in report and "&#13;" not in report
+        assert "x1b" in report and "x0d" in report

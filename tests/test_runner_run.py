@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,65 @@ def test_unknown_backend_and_overwrite_with_shard_write_nothing(tmp_path: Path, 
     with pytest.raises(ConfigError, match="--overwrite cannot be combined with --shard"):
         run(config, RunOptions(inputs=[str(tmp_path / "images")], overwrite=True, shard=Shard(0, 2)))
     assert not (tmp_path / "out").exists()
+
+
+def _records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "records.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_hostile_file_names_are_processed_and_the_run_goes_on(
+    tmp_path: Path, tiny_config: dict[str, Any], deep_folder: Callable[[Path, int], Path]
+) -> None:
+    from tests.conftest import random_image
+
+    images = tmp_path / "images"
+    random_image(images / "a.png", 20, 20)
+    long_name = "x" * 234 + ".png"  # 238 bytes: its temporary output names once passed 255 bytes
+    random_image(images / long_name, 20, 20)
+    os.rename(random_image(images / "plain.png", 20, 20), os.fsencode(images) + b"/caf\xe9.png")
+    random_image(deep_folder(images, 1100) / "z.png", 20, 20)
+    config = parse_config(tiny_config, tmp_path)
+    summary = run(config, RunOptions(inputs=[str(images)], quiet=True))
+    records = _records(tmp_path / "out")
+    paths = sorted(record["path"] for record in records)
+    assert paths == sorted(["a.png", long_name, "caf%E9.png", "d/" * 1100 + "z.png"])
+    assert summary.exit_code == 0 and all(record["status"] == "ok" for record in records)
+    for record in records:
+        assert (tmp_path / "out" / record["cams"][0]["overlay"]).is_file()
+
+
+@pytest.mark.parametrize("link", ["heatmaps", "heatmaps/sub", "thumbnails"])
+def test_a_symlinked_result_folder_is_refused_before_anything_is_written(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path, link: str
+) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / link).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(elsewhere, out / link)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        run(parse_config(tiny_config, tmp_path), RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before and not any(elsewhere.iterdir())
+
+
+def test_the_output_folder_cannot_be_an_input_folder(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    config = parse_config({**tiny_config, "output": {"dir": str(image_folder)}}, tmp_path)
+    before = sorted(image_folder.rglob("*"))
+    with pytest.raises(ConfigError, match="is also an --input folder"):
+        run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert sorted(image_folder.rglob("*")) == before
+
+
+def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    config = parse_config(tiny_config, tmp_path)
+    run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    stale = tmp_path / "out" / ".manifest.json.x1y2z3_a.tmp"  # a kill during the manifest write
+    stale.write_bytes(b"{")
+    kept = tmp_path / "out" / "notes.tmp"
+    kept.write_bytes(b"mine")
+    run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert not stale.exists() and kept.exists()

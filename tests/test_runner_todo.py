@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,13 @@ def test_dry_run_walks_the_same_chain(tmp_path: Path, tiny_config: dict[str, Any
     counts = dry_run(_config(tmp_path, tiny_config), [str(folder)], None, True, None, lines.append, Shard(1, 2))
     assert counts["process"] + counts["other_shards"] == 6 and counts["ignore"] == 1
     assert sum(line.startswith("process") for line in lines) == counts["process"]
+
+
+def test_dry_run_through_folders_nested_1100_deep(
+    tmp_path: Path, tiny_config: dict[str, Any], deep_folder: Callable[[Path, int], Path]
+) -> None:
+    folder = deep_folder(tmp_path / "deep", 1100)
+    (folder / "x.png").write_bytes(b"x")
+    lines: list[str] = []
+    counts = dry_run(_config(tmp_path, tiny_config), [str(tmp_path / "deep")], None, False, None, lines.append)
+    assert counts["process"] == 1 and lines == [f"process  {'d/' * 1100}x.png"]

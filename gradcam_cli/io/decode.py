@@ -2,7 +2,9 @@
 
 EXIF orientation is applied first (the "original image" is the image as displayed), any mode becomes
 RGB (transparency composited over white, 16-bit scaled down), animated files use frame 0, and images
-larger than `max_pixels` are refused before their pixels are decoded (decompression bombs).
+larger than `max_pixels` are refused before their pixels are decoded (decompression bombs). Whatever a
+decoder raises on hostile bytes (NotImplementedError, TypeError, ...) becomes an ImageReadError; only
+MemoryError passes through, for the decode stage to record.
 """
 
 from __future__ import annotations
@@ -95,10 +97,12 @@ def decode_bytes(data: bytes, max_pixels: int, draft: tuple[int, int] | None = N
         raise
     except UnidentifiedImageError:
         raise ImageReadError("NotAnImage", "not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
+    except MemoryError:
+        raise  # the decode stage (runner/loader.py) records it with its own message
+    except Exception as exc:  # any decoder bug on hostile bytes is this image's error, not the run's
         message = str(exc) or type(exc).__name__
         kind = "TruncatedImage" if "truncated" in message.lower() else "DecodeError"
-        raise ImageReadError(kind, message) from None
+        raise ImageReadError(kind, message[:500]) from None
 
 
 def decode_bgr(data: bytes, max_pixels: int, expected: tuple[int, int]) -> np.ndarray:

@@ -14,6 +14,8 @@ import stat
 import sys
 import tarfile
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -77,7 +79,47 @@ def check_inputs(inputs: Iterable[str]) -> list[str]:
     for item in checked:
         if item != STDIN and not os.path.exists(item):
             raise InputError(f"input not found: {item}. Pass an existing folder, image file, archive, or -.")
+        if item != STDIN and is_archive(item):
+            check_archive(item)
     return checked
+
+
+# What reading a damaged archive raises (a truncated gzip stream is an EOFError, a bad deflate block zlib.error).
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError)
+
+
+def check_archive(path: str) -> None:
+    """An archive --input must open (its index, or its first header) before anything is written."""
+    try:
+        if path.lower().endswith(".zip"):
+            with zipfile.ZipFile(path):
+                return
+        with tarfile.open(path, mode="r:*") as handle:
+            handle.next()  # the first header: random bytes with a .tar name fail here
+    except ARCHIVE_ERRORS as exc:
+        kind = "zip" if path.lower().endswith(".zip") else "tar"
+        reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+        raise InputError(
+            f"cannot open the archive {path}: it is not a readable {kind} archive ({reason}). Check that the file "
+            "is complete (not empty or cut short), or pass the folder of its images instead."
+        ) from None
+
+
+def _escape_surrogate(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (Python's surrogateescape)
+        return f"%{code - 0xDC00:02X}"
+    return f"%u{code:04X}" if 0xD800 <= code <= 0xDFFF else char
+
+
+def printable_path(text: str) -> str:
+    """`text` as valid UTF-8, for records and output names: a file name byte that is not UTF-8 becomes
+    %XX (b"caf\\xe9.jpg" is "caf%E9.jpg"). The image itself is still read by its real name."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join(_escape_surrogate(char) for char in text)
+    return text
 
 
 def safe_relpath(path: str) -> str:
@@ -102,46 +144,73 @@ def _root_labels(inputs: list[str]) -> dict[int, str]:
     return labels
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
 def _walk(
     root: Path, base: Path, filters: Filters, chain: set[tuple[int, int]], exclude: Path | None, ignored: Ignored | None
 ) -> Iterator[tuple[Path, os.stat_result | None]]:
-    """Depth-first, sorted by name, hidden entries skipped, symlinked folders followed without loops."""
-    if exclude is not None and root.resolve() == exclude:
-        return  # our own output folder inside an input folder: never read results back as inputs
-    try:
-        identity = (root.stat().st_dev, root.stat().st_ino)
-        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
-    except OSError:
-        return
-    if identity in chain:
-        return  # a symlink loop
-    chain.add(identity)
-    for entry in entries:
+    """Depth-first, sorted by name, hidden entries skipped, symlinked folders followed without loops.
+
+    Iterative (a stack of open folders), so folders nested thousands deep do not hit the recursion limit;
+    `chain` holds the identities of the folders on the current path (a loop is a folder seen on it)."""
+    stack: list[tuple[tuple[int, int], Iterator[os.DirEntry[str]]]] = []
+    excluded = _identity(exclude) if exclude is not None else None  # compared by inode: no resolve() per folder
+
+    def enter(folder: Path) -> None:
+        try:
+            info = folder.stat()
+        except OSError:
+            return
+        identity = (info.st_dev, info.st_ino)
+        if identity == excluded:
+            return  # our own output folder inside an input folder: never read results back as inputs
+        if identity in chain:
+            return  # a symlink loop
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        chain.add(identity)
+        stack.append((identity, iter(entries)))
+
+    enter(root)
+    while stack:
+        identity, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            chain.discard(identity)
+            continue
         rel = Path(entry.path).relative_to(base).as_posix()
         if entry.name.startswith("."):
             continue
         if entry.is_symlink() and not filters.follow_symlinks:
             if ignored:
-                ignored(rel, "a symlink (input.follow_symlinks is false)")
+                ignored(printable_path(rel), "a symlink (input.follow_symlinks is false)")
             continue
         try:
             is_dir = entry.is_dir()
         except OSError:
             is_dir = False
         if is_dir:
-            yield from _walk(Path(entry.path), base, filters, chain, exclude, ignored)
+            enter(Path(entry.path))
             continue
         reason = filters.reason_to_ignore(rel)
         if reason:
             if ignored:
-                ignored(rel, reason)
+                ignored(printable_path(rel), reason)
             continue
         try:
-            info: os.stat_result | None = entry.stat()
+            stat_info: os.stat_result | None = entry.stat()
         except OSError:
-            info = None  # a broken symlink: reading it gives the error record
-        yield Path(entry.path), info
-    chain.discard(identity)
+            stat_info = None  # a broken symlink: reading it gives the error record
+        yield Path(entry.path), stat_info
 
 
 def _member_path(name: str, archive_name: str, filters: Filters, ignored: Ignored | None) -> str | None:
@@ -152,33 +221,65 @@ def _member_path(name: str, archive_name: str, filters: Filters, ignored: Ignore
     reason = "hidden" if rel.split("/")[-1].startswith(".") else filters.reason_to_ignore(rel)
     if reason:
         if ignored:
-            ignored(f"{archive_name}/{rel}", reason)
+            ignored(printable_path(f"{archive_name}/{rel}"), reason)
         return None
     return rel
 
 
+def _archive_break(source: str, exc: BaseException) -> ImageSource:
+    """The record of an archive that broke while it was read; the members before the break keep theirs."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    message = f"the archive is damaged or cut short, members after this point were not read: {reason}"
+    return ImageSource(source=source, path="", archive=source, error=("ArchiveError", message))
+
+
+def _unique_members(sources: Iterator[ImageSource]) -> Iterator[ImageSource]:
+    """A name stored twice in one archive gets `name~2` (as stdin paths do), so outputs never collide."""
+    seen: set[str] = set()
+    for source in sources:
+        path, n = source.path, 2
+        while path in seen:
+            path, n = f"{source.path}~{n}", n + 1
+        seen.add(path)
+        yield source if path == source.path else replace(source, path=path)
+
+
 def _archive_sources(archive: Path, filters: Filters, ignored: Ignored | None) -> Iterator[ImageSource]:
-    """Members of a zip or tar archive, in stored order, never extracted to disk."""
+    """Members of a zip or tar archive, in stored order, never extracted to disk; a break ends them with
+    an ArchiveError source for the archive itself (path "")."""
+    members = _zip_members if archive.name.lower().endswith(".zip") else _tar_members
+    try:
+        yield from _unique_members(members(archive, filters, ignored))
+    except ARCHIVE_ERRORS as exc:
+        yield _archive_break(str(archive), exc)
+
+
+def _zip_members(archive: Path, filters: Filters, ignored: Ignored | None) -> Iterator[ImageSource]:
     source = str(archive)
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as handle:
-            for info in handle.infolist():
-                if info.is_dir():
-                    continue
-                rel = _member_path(info.filename, archive.name, filters, ignored)
-                if rel is None:
-                    continue
-                is_link = stat.S_ISLNK(info.external_attr >> 16)
-                yield ImageSource(
-                    source=source,
-                    path=rel,
-                    file_size=info.file_size,
-                    mtime_ns=int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp() * 1e9),
-                    archive=source,
-                    member=info.filename,
-                    error=("ArchiveLink", "symbolic link members are not followed") if is_link else None,
-                )
-        return
+    with zipfile.ZipFile(archive) as handle:
+        stored = Counter(info.filename for info in handle.infolist())
+        for info in handle.infolist():
+            if info.is_dir():
+                continue
+            rel = _member_path(info.filename, archive.name, filters, ignored)
+            if rel is None:
+                continue
+            is_link = stat.S_ISLNK(info.external_attr >> 16)
+            yield ImageSource(
+                source=source,
+                path=rel,
+                file_size=info.file_size,
+                mtime_ns=int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp() * 1e9),
+                archive=source,
+                member=info.filename,
+                # reading by name gives the last of the members stored under it: read a repeated one here
+                data=handle.read(info) if stored[info.filename] > 1 and not is_link else None,
+                error=("ArchiveLink", "symbolic link members are not followed") if is_link else None,
+            )
+
+
+def _tar_members(archive: Path, filters: Filters, ignored: Ignored | None) -> Iterator[ImageSource]:
+    source = str(archive)
     with tarfile.open(archive, mode="r:*") as handle:
         for info in handle:
             if info.isdir():
@@ -249,7 +350,10 @@ def discover(
         elif is_archive(item):
             archive = Path(item).resolve()
             labelled = prefix or archive.name  # members are named <archive>/<member>
-            sources = (replace(s, path=f"{labelled}/{s.path}") for s in _archive_sources(archive, filters, ignored))
+            sources = (
+                replace(s, path=f"{labelled}/{s.path}" if s.path else labelled)  # "": the archive's own record
+                for s in _archive_sources(archive, filters, ignored)
+            )
             prefix = None
         else:
             sources = [_file_source(str(Path(item).resolve()), Path(item).name)]
@@ -261,4 +365,5 @@ def discover(
                 while path in stdin_paths_seen:
                     path, n = f"{base}~{n}", n + 1
                 stdin_paths_seen.add(path)
+            path = printable_path(path)  # records are UTF-8 JSON; `source` keeps the real name for reading
             yield source if path == source.path else replace(source, path=path)

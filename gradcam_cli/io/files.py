@@ -1,15 +1,38 @@
 """Atomic file writes, and the one check that a path stays inside a folder: a file appears under its final
-name only when complete, and never outside the output folder."""
+name only when complete, and never outside the output folder.
+
+A temporary file is `.<name>.<random>.tmp` next to its target, or `.<hash>.<random>.tmp` when the name is
+long (a file name has at most 255 bytes); `remove_stale_temp_files` deletes those a killed run left.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from gradcam_cli.errors import ConfigError
+
+NAME_MAX = 255  # bytes in one file name component (Linux, macOS)
+_TEMP_NAME_ROOM = 1 + 1 + 8 + 4  # "." + "." + mkstemp's 8 random characters + ".tmp"
+# What atomic_open's temporary files look like (mkstemp draws from [a-z0-9_]).
+TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+class OutsideFolderError(ConfigError, ValueError):
+    """A path that would land outside the output folder (through `..` or a symlinked folder); exit 2."""
+
+
+def _temp_prefix(name: str) -> str:
+    if len(os.fsencode(name)) + _TEMP_NAME_ROOM <= NAME_MAX:
+        return f".{name}."
+    return f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}."
 
 
 def _file_mode() -> int:
@@ -21,14 +44,26 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+def make_folders(folder: Path) -> None:
+    """`folder.mkdir(parents=True, exist_ok=True)` without recursion: inputs may nest thousands deep."""
+    missing: list[Path] = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for each in reversed(missing):
+        each.mkdir(exist_ok=True)
+
+
 @contextmanager
 def atomic_open(path: Path, durable: bool = False) -> Iterator[IO[bytes]]:
     """A binary handle on a temporary file in `path`'s folder, renamed over `path` on success.
 
     `durable` also fsyncs before the rename, for files whose loss would lose work (the manifest).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_folders(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 files; results should be as readable as any other file
         with os.fdopen(fd, "wb") as handle:
@@ -53,7 +88,11 @@ def inside(folder: Path, relative: str) -> Path:
     base = folder.resolve()
     target = (base / relative).resolve()
     if target != base and base not in target.parents:
-        raise ValueError(f"refusing to write outside the output folder: {relative}")
+        raise OutsideFolderError(
+            f"refusing to write outside the output folder {base}: {relative!r} leads to {target}. A folder "
+            "below the output folder is a symbolic link (or the name holds '..'); remove the link, or choose "
+            "another --output."
+        )
     return target
 
 
@@ -72,7 +111,7 @@ class Within:
     def path(self, relative: str) -> str:
         folder, _, name = relative.rpartition("/")
         if name in ("", ".", "..") or relative.startswith("/"):
-            raise ValueError(f"refusing a path outside the output folder: {relative}")
+            raise OutsideFolderError(f"refusing a path outside the output folder: {relative!r}.")
         base = self._folders.get(folder)
         if base is None:
             base = self._folders[folder] = str(inside(self.root, folder))
@@ -87,3 +126,22 @@ class Within:
             except (ValueError, OSError):
                 self._mtimes[relative] = None
         return self._mtimes[relative]
+
+
+def remove_stale_temp_files(folder: Path) -> list[str]:
+    """Delete the temporary files of atomic_open that a killed run left in `folder` (top level only).
+
+    Call it only while no other run can be writing there (the exclusive folder lock is held)."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if TEMP_FILE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError:
+                pass  # not ours to insist on; the run does not need it gone
+    return removed

@@ -3,10 +3,17 @@
 Names mirror the input's relative path with the output's suffix appended, so `a.jpg` and `a.png` stay
 distinct (`heatmaps/a.jpg.png`, `heatmaps/a.png.png`, `overlays/a.jpg.jpg`); with several explained classes
 per image each gets `.cls<index>` before the suffix.
+
+A file name has at most 255 bytes. A name component that would pass that once its suffix is added (with
+room kept for the raw files' `.feature.npy`) is shortened, deterministically: its first bytes (cut at a
+character boundary), `~`, the first 16 hex digits of the sha256 of the whole component, then the suffix.
+So a 250-byte `<long>.jpg` gives `heatmaps/<its first 226 bytes>~<16 hex>.png`; the record names the file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +21,7 @@ import cv2
 import numpy as np
 
 from gradcam_cli.io.encode import encode_overlay, encode_png, jpeg_preview
-from gradcam_cli.io.files import atomic_open, atomic_write_bytes, inside
+from gradcam_cli.io.files import NAME_MAX, atomic_open, atomic_write_bytes, inside
 from gradcam_cli.io.overlay import blend_bgr
 
 HEATMAPS = "heatmaps"
@@ -23,14 +30,60 @@ RAW = "raw"
 THUMBNAILS = "thumbnails"
 
 
+# Room kept in every output name for the longest name derived from it (raw/: ".png" -> ".feature.npy").
+_DERIVED_ROOM = len(".feature.npy") - len(".png")
+_HASH_DIGITS = 16
+
+
+def _fitted(component: str, tail: str) -> str:
+    """`component + tail`, with `component` shortened (prefix~hash) when the name would pass NAME_MAX bytes."""
+    raw = os.fsencode(component)
+    budget = NAME_MAX - _DERIVED_ROOM - len(os.fsencode(tail))
+    if len(raw) <= budget:
+        return component + tail
+    digest = hashlib.sha256(raw).hexdigest()[:_HASH_DIGITS]
+    kept = raw[: budget - 1 - _HASH_DIGITS].decode("utf-8", errors="ignore")  # a cut character is dropped
+    return f"{kept}~{digest}{tail}"
+
+
+def fitted_path(path: str, tail: str = "") -> str:
+    """`path + tail` with every component short enough to be a file name (see the module docstring)."""
+    *folders, name = path.split("/")
+    return "/".join([*(_fitted(folder, "") for folder in folders), _fitted(name, tail)])
+
+
+RESULT_FOLDERS = (HEATMAPS, OVERLAYS, RAW, THUMBNAILS)
+
+
+def linked_result_folder(out_dir: Path) -> Path | None:
+    """The first result folder (heatmaps/, overlays/, raw/, thumbnails/ or a folder below them) that is a
+    symbolic link, or None. Files written there would land wherever the link points."""
+    folders = [out_dir / name for name in RESULT_FOLDERS]
+    while folders:  # iterative: result folders mirror inputs that may nest thousands deep
+        folder = folders.pop()
+        if folder.is_symlink():
+            return folder
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # missing (made later) or unreadable (the write probe says so)
+        for entry in entries:
+            if entry.is_symlink():
+                if not entry.is_file():  # a link to a file is replaced by the rename, never written through
+                    return Path(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+    return None
+
+
 def thumbnail_name(image_path: str) -> str:
     """The gallery thumbnail of an image, relative to the output folder."""
-    return f"{THUMBNAILS}/{image_path}.jpg"
+    return f"{THUMBNAILS}/{fitted_path(image_path, '.jpg')}"
 
 
 def output_name(path: str, class_index: int, several: bool, suffix: str = ".png") -> str:
     """Relative name (below heatmaps/, overlays/ or raw/) for one image and class."""
-    return f"{path}.cls{class_index}{suffix}" if several else f"{path}{suffix}"
+    return fitted_path(path, f".cls{class_index}{suffix}" if several else suffix)
 
 
 @dataclass

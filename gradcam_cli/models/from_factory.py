@@ -22,6 +22,14 @@ from gradcam_cli.models.built import Built
 from gradcam_cli.models.checkpoints import file_sha256, load_weights_file
 
 
+def _raised(exc: BaseException) -> str:
+    """What user code raised, for a message; SystemExit (sys.exit in a factory) says so with its code.
+    KeyboardInterrupt is never caught: Ctrl-C stops the run."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) (SystemExit); a factory must return a torch module"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
     target, _, name = spec.rpartition(":")
     try:
@@ -40,8 +48,8 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
         raise
     except ImportError as exc:
         raise ConfigError(f"model.factory: cannot import {target!r}: {exc}.") from None
-    except Exception as exc:  # the user's module raised while importing
-        raise ConfigError(f"model.factory: importing {target!r} failed: {type(exc).__name__}: {exc}.") from None
+    except (Exception, SystemExit) as exc:  # the user's module raised (or called sys.exit) while importing
+        raise ConfigError(f"model.factory: importing {target!r} failed: {_raised(exc)}.") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ConfigError(f"model.factory: {target!r} has no callable named {name!r}.")
@@ -80,6 +88,8 @@ def build(config: ModelConfig) -> Built:
         module = factory(**config.kwargs)
     except TypeError as exc:
         raise ConfigError(f"model.factory {config.factory}: {exc} (check model.kwargs).") from None
+    except SystemExit as exc:  # else the run would end with the factory's exit status, silently
+        raise ConfigError(f"model.factory {config.factory} failed: {_raised(exc)}.") from None
     if not isinstance(module, nn.Module):
         raise ConfigError(f"model.factory {config.factory} returned {type(module).__name__}, not a torch module.")
     return Built(module, checkpoint_sha256=_weights_into(module, config))

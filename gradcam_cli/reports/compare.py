@@ -10,6 +10,10 @@ four drift measures on the 0..1 heatmaps at the original image size:
 - the peak's shift in pixels (the centroid of each map's maximum).
 
 An image drifts when any measure is beyond its threshold (`compare:` config section or options).
+
+The folders are data, not trusted: every record is checked for the types compare reads (a malformed one
+is exit 2 naming it), files must lie inside their folder, and a picture declaring more pixels than
+`input.max_pixels` is refused before it is decoded.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gradcam_cli.config import CompareConfig
+from gradcam_cli.config import CompareConfig, InputConfig
 from gradcam_cli.errors import ConfigError
 from gradcam_cli.io.files import inside
 from gradcam_cli.io.manifest import read_manifest
 
+MAX_PIXELS = InputConfig().max_pixels  # the inputs' default decompression-bomb limit, for heatmaps too
 TOP_FRACTION = 0.2  # the "hot region" compared by IoU: each map's top 20% of pixels
 
 # Statuses, in the order a report lists them (worst first).
@@ -118,23 +123,24 @@ def heatmap_drift(baseline: np.ndarray, current: np.ndarray) -> Drift:
     b = _unit(current)
     return Drift(
         correlation=_correlation(a, b),
-        mean_abs_diff=float(np.abs(a - b).mean()),
+        mean_abs_diff=float(np.abs(a - b).mean(dtype=np.float64)),
         iou=_top_region_iou(a, b),
         peak_shift=_peak_shift(a, b),
     )
 
 
 def _unit(heatmap: np.ndarray) -> np.ndarray:
-    values = heatmap.astype(np.float64)
-    return values / 255.0 if heatmap.dtype == np.uint8 else values
+    # float32 (not float64): half the memory on large maps; sums below accumulate in float64
+    values = heatmap.astype(np.float32)
+    return values / np.float32(255.0) if heatmap.dtype == np.uint8 else values
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    da, db = a - a.mean(), b - b.mean()
-    norm = math.sqrt(float((da * da).sum()) * float((db * db).sum()))
+    da, db = a - np.float32(a.mean(dtype=np.float64)), b - np.float32(b.mean(dtype=np.float64))
+    norm = math.sqrt(float((da * da).sum(dtype=np.float64)) * float((db * db).sum(dtype=np.float64)))
     if norm == 0.0:  # a flat map has no shape: identical flat maps agree, anything else does not
         return 1.0 if np.array_equal(a, b) else 0.0
-    return float((da * db).sum() / norm)
+    return float((da * db).sum(dtype=np.float64) / norm)
 
 
 def _top_region(heatmap: np.ndarray) -> np.ndarray:
@@ -175,11 +181,102 @@ class RunResults:
     records: dict[str, dict[str, Any]]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _optional(kind: type | tuple[type, ...]) -> Any:
+    return lambda value: value is None or isinstance(value, kind)
+
+
+# What compare reads from a record, and the type each must have when present (missing keys are allowed).
+_RECORD_FIELDS: dict[str, Any] = {
+    "status": _optional(str),
+    "source": _optional(str),
+    "archive": _optional(str),
+    "sha256": _optional(str),
+    "file_size": lambda value: value is None or (isinstance(value, int) and not isinstance(value, bool)),
+    "error": lambda value: (
+        value is None
+        or (isinstance(value, dict) and all(isinstance(value.get(k, ""), str) for k in ("type", "message")))
+    ),
+    "predictions": _optional(list),
+    "cams": _optional(list),
+}
+_ENTRY_FIELDS: dict[str, Any] = {  # one prediction or cam entry
+    "class_index": lambda value: value is None or (isinstance(value, int) and not isinstance(value, bool)),
+    "label": _optional((str, int)),
+    "score": lambda value: value is None or _is_number(value),
+    "heatmap": _optional(str),
+    "overlay": _optional(str),
+}
+
+
+def check_record(record: Any, index: int, where: str) -> None:
+    """A ConfigError (exit 2) naming the record when it is not what `gradcam run` writes."""
+    path = record.get("path") if isinstance(record, dict) else None
+    name = f"record {index} ({_shown(path)})" if isinstance(path, str) else f"record {index}"
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"is a {type(record).__name__}, not an object"
+    elif not isinstance(path, str) or not path:
+        problem = f"has path {_shown(path)}, not a non-empty string"
+    else:
+        problem = next(
+            (
+                f"has {key} {_shown(record[key])}"
+                for key, ok in _RECORD_FIELDS.items()
+                if key in record and not ok(record[key])
+            ),
+            None,
+        )
+        for key in ("predictions", "cams"):
+            for entry in record.get(key) or []:
+                if problem is None and not isinstance(entry, dict):
+                    problem = f"has a {key} entry {_shown(entry)}, not an object"
+                elif problem is None:
+                    bad = next((k for k, ok in _ENTRY_FIELDS.items() if k in entry and not ok(entry[k])), None)
+                    problem = f"has a {key} entry with {bad} {_shown(entry[bad])}" if bad else None
+        if problem is None and record.get("status") == "ok" and not record.get("cams"):
+            problem = "is ok but has no cams (no heatmap to compare); compare needs the heatmaps of both runs"
+    if problem is not None:
+        raise ConfigError(
+            f"{where}: {name} in its manifest.json {problem}. The manifest is not one `gradcam run` wrote; "
+            "re-run `gradcam run` into a new folder."
+        )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
 def load_results(out_dir: Path, side: str) -> RunResults:
-    """Read `out_dir/manifest.json`; unusable folders are a ConfigError (exit 2) naming the side."""
+    """Read `out_dir/manifest.json`; unusable folders and malformed records are a ConfigError (exit 2)
+    naming the side."""
     manifest = read_manifest(Path(out_dir), side)
-    records = {r["path"]: r for r in manifest.get("images", []) if isinstance(r, dict) and "path" in r}
+    records: dict[str, dict[str, Any]] = {}
+    for index, record in enumerate(manifest.get("images", [])):
+        check_record(record, index, f"{side} {out_dir}")
+        records[record["path"]] = record
     return RunResults(Path(out_dir), manifest, records)
+
+
+def read_picture(path: Path, mode: str) -> np.ndarray:
+    """A picture file's pixels in `mode` ("L" or "RGB"), refusing more than MAX_PIXELS before decoding;
+    raises ValueError for a picture that is too large or cannot be read."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS} (input.max_pixels)")
+            return np.asarray(image.convert(mode))
+    except ValueError:
+        raise
+    except MemoryError:
+        raise ValueError("not enough memory to decode it") from None
+    except Exception as exc:  # a decoder's failure on hostile bytes (OSError, NotImplementedError, ...)
+        raise ValueError(str(exc) or type(exc).__name__) from None
 
 
 def result_file(out_dir: Path, relative: Any) -> Path | None:
@@ -202,9 +299,8 @@ def _read_heatmap(run: RunResults, cam: dict[str, Any], path: str) -> np.ndarray
             "heatmaps on both sides."
         )
     try:
-        with Image.open(inside(run.out_dir, relative)) as image:
-            return np.asarray(image.convert("L"))
-    except (OSError, ValueError) as exc:
+        return read_picture(inside(run.out_dir, relative), "L")
+    except ValueError as exc:
         raise ConfigError(f"{run.out_dir}: heatmap {relative} of {path!r} cannot be read: {exc}.") from None
 
 

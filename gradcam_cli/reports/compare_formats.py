@@ -3,11 +3,17 @@
 Every report lists the failing images worst first; the HTML page shows, per failing image, the baseline
 overlay, the current overlay and a signed difference map, embedded so the one file can be uploaded as a
 CI artifact and opened anywhere.
+
+Text from the folders (file names, labels, error messages) is untrusted: control characters are shown
+escaped (`\x1b`) in every report, so a name cannot move the terminal's cursor or break a table row. The
+HTML page reads an original image only when a record of the run names it and its bytes still have the
+record's sha256; otherwise overlays are drawn from the heatmap alone.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import re
@@ -17,7 +23,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from gradcam_cli import __version__
 from gradcam_cli.config import InputConfig
@@ -25,12 +30,23 @@ from gradcam_cli.io.decode import ImageReadError, decode_bytes
 from gradcam_cli.io.encode import jpeg_preview
 from gradcam_cli.io.files import atomic_write_bytes
 from gradcam_cli.io.overlay import blend, colorize
-from gradcam_cli.reports.compare import PASS, Comparison, ImageComparison, result_file
+from gradcam_cli.reports.compare import PASS, Comparison, ImageComparison, read_picture, result_file
 
 TABLE_ROWS = 40  # terminal and Markdown: enough to act on, short enough to read
 HTML_IMAGES = 100  # failing images shown with pictures; the rest are listed in the table
 THUMB_SIDE = 320  # long side of embedded pictures, in pixels
 DEFAULT_MAX_PIXELS = InputConfig().max_pixels
+
+
+# C0 and C1 controls, DEL, lone surrogates and the non-characters XML cannot carry.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def printable(text: Any) -> str:
+    """`str(text)` with control characters shown as \\xNN (\\uNNNN): safe on a terminal and in a table row."""
+    return _CONTROL.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", str(text)
+    )
 
 
 def _number(value: float | None, digits: int = 3, signed: bool = False) -> str:
@@ -41,15 +57,15 @@ def _number(value: float | None, digits: int = 3, signed: bool = False) -> str:
 
 def _labels(image: ImageComparison) -> str:
     if image.baseline_label == image.current_label:
-        return str(image.current_label or "-")
-    return f"{image.baseline_label or '-'} -> {image.current_label or '-'}"
+        return printable(image.current_label or "-")
+    return printable(f"{image.baseline_label or '-'} -> {image.current_label or '-'}")
 
 
 def _cells(image: ImageComparison) -> list[str]:
     drift = image.drift
     return [
         image.status,
-        image.path,
+        printable(image.path),
         _labels(image),
         _number(image.score_change, signed=True),
         _number(drift.correlation if drift else None),
@@ -80,8 +96,8 @@ def _thresholds(comparison: Comparison) -> str:
 def text_table(comparison: Comparison, rows: int = TABLE_ROWS) -> str:
     """The terminal report: the non-passing images worst first, then the verdict."""
     shown = [image for image in comparison.images if image.status != PASS]
-    lines = [f"baseline: {comparison.baseline_dir}", f"current:  {comparison.current_dir}"]
-    lines += [f"note: {note}" for note in comparison.notes]
+    lines = [f"baseline: {printable(comparison.baseline_dir)}", f"current:  {printable(comparison.current_dir)}"]
+    lines += [f"note: {printable(note)}" for note in comparison.notes]
     lines.append(f"thresholds: {_thresholds(comparison)}")
     if shown:
         table = [HEADERS] + [_cells(image) for image in shown[:rows]]
@@ -92,7 +108,7 @@ def text_table(comparison: Comparison, rows: int = TABLE_ROWS) -> str:
             lines.append(f"... and {len(shown) - rows} more (see --junit/--markdown/--html reports)")
         for image in shown[: min(rows, 10)]:
             if image.reasons:
-                lines.append(f"  {image.path}: {'; '.join(image.reasons)}")
+                lines.append(printable(f"  {image.path}: {'; '.join(image.reasons)}"))
     lines.append(comparison.summary_line())
     return "\n".join(lines)
 
@@ -123,18 +139,19 @@ def write_junit(comparison: Comparison, path: Path) -> None:
     for key, value in comparison.thresholds.model_dump().items():
         ET.SubElement(properties, "property", name=key, value=json.dumps(value))
     for image in sorted(comparison.images, key=lambda i: i.path):
-        case = ET.SubElement(suite, "testcase", classname="gradcam.compare", name=image.path, time="0")
+        case = ET.SubElement(suite, "testcase", classname="gradcam.compare", name=printable(image.path), time="0")
+        reasons = [printable(reason) for reason in image.reasons]
         detail = "\n".join(
             [
-                *image.reasons,
+                *reasons,
                 "metrics: " + ", ".join(f"{h}={c}" for h, c in zip(HEADERS[2:], _cells(image)[2:], strict=True)),
             ]
         )
         if image.failing:
-            failure = ET.SubElement(case, "failure", type=image.status, message="; ".join(image.reasons)[:500])
+            failure = ET.SubElement(case, "failure", type=image.status, message="; ".join(reasons)[:500])
             failure.text = detail
         elif image.status != PASS:
-            ET.SubElement(case, "skipped", message=f"{image.status}: {'; '.join(image.reasons)}"[:500])
+            ET.SubElement(case, "skipped", message=f"{image.status}: {'; '.join(reasons)}"[:500])
         else:
             ET.SubElement(case, "system-out").text = detail
     for element in suites.iter():  # file names may hold characters XML 1.0 cannot carry
@@ -147,7 +164,7 @@ def write_junit(comparison: Comparison, path: Path) -> None:
 
 def _md(text: str) -> str:
     """Table-cell text that cannot close the cell or start Markdown/HTML (file names are untrusted)."""
-    escaped = html.escape(text.replace("\n", " "), quote=False)
+    escaped = html.escape(printable(text.replace("\n", " ")), quote=False)
     return re.sub(r"([\\`*_\[\]()!#|~<>])", r"\\\1", escaped)
 
 
@@ -192,9 +209,8 @@ def write_markdown(comparison: Comparison, path: Path) -> None:
 
 def _read_rgb(path: Path) -> np.ndarray | None:
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError):
+        return read_picture(path, "RGB")
+    except ValueError:
         return None
 
 
@@ -221,15 +237,34 @@ def _file(out_dir: Path, cam: dict[str, Any] | None, key: str) -> Path | None:
     return result_file(out_dir, (cam or {}).get(key))
 
 
+def _recorded_original(record: dict[str, Any] | None) -> bytes | None:
+    """The bytes of the image an ok record was made from, only if they still have the record's sha256 (a
+    manifest can name any file; only the image the run read is shown)."""
+    record = record or {}
+    source, sha256, size = record.get("source"), record.get("sha256"), record.get("file_size")
+    if record.get("status") != "ok" or record.get("archive") or not isinstance(source, str):
+        return None
+    if not isinstance(sha256, str) or not isinstance(size, int):
+        return None
+    try:
+        if not Path(source).is_file() or Path(source).stat().st_size != size:
+            return None  # checked before reading: a record cannot make us read a huge file
+        data = Path(source).read_bytes()
+    except (OSError, ValueError):
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None
+
+
 def _original(image: ImageComparison) -> np.ndarray | None:
-    """The source image (for overlays a run did not write), if it is a readable file here."""
+    """The source image (for overlays a run did not write), if it is the very file the run read."""
     for record in (image.current_record, image.baseline_record):
-        source = (record or {}).get("source")
-        if source and not (record or {}).get("archive") and Path(source).is_file():
-            try:
-                return np.asarray(decode_bytes(Path(source).read_bytes(), max_pixels=DEFAULT_MAX_PIXELS))
-            except (OSError, ImageReadError):
-                continue
+        data = _recorded_original(record)
+        if data is None:
+            continue
+        try:
+            return np.asarray(decode_bytes(data, max_pixels=DEFAULT_MAX_PIXELS))
+        except (ImageReadError, MemoryError):
+            continue
     return None
 
 
@@ -256,7 +291,7 @@ def _pictures(comparison: Comparison, image: ImageComparison) -> list[tuple[str,
         ("baseline", comparison.baseline_dir, old_cam),
         ("current", comparison.current_dir, new_cam),
     ):
-        label = f"{title}: {cam.get('label')} ({cam.get('score', 0):.3f})" if cam else f"{title}: -"
+        label = printable(f"{title}: {cam.get('label')} ({cam.get('score') or 0:.3f})") if cam else f"{title}: -"
         pictures.append((label, _data_uri(_overlay(out_dir, cam, original))))
     old_map, new_map = (
         _file(comparison.baseline_dir, old_cam, "heatmap"),
@@ -295,9 +330,9 @@ def _card(comparison: Comparison, image: ImageComparison) -> str:
     for caption, uri in _pictures(comparison, image):
         body = f'<img src="{uri}" alt="{html.escape(caption)}">' if uri else '<div class="missing">not available</div>'
         figures.append(f"<figure>{body}<figcaption>{html.escape(caption)}</figcaption></figure>")
-    reasons = "".join(f"<li>{html.escape(reason)}</li>" for reason in image.reasons)
+    reasons = "".join(f"<li>{html.escape(printable(reason))}</li>" for reason in image.reasons)
     return (
-        f'<section class="card" data-status="{image.status}"><h2>{html.escape(image.path)} '
+        f'<section class="card" data-status="{image.status}"><h2>{html.escape(printable(image.path))} '
         f'<span class="verdict bad">{image.status}</span></h2><ul class="reasons">{reasons}</ul>'
         f'<div class="metrics">{metrics}</div><div class="row">{"".join(figures)}</div></section>'
     )
@@ -311,7 +346,7 @@ def html_page(comparison: Comparison) -> str:
         if failing
         else '<span class="verdict good">no drift</span>'
     )
-    notes = "".join(f"<p>note: {html.escape(note)}</p>" for note in comparison.notes)
+    notes = "".join(f"<p>note: {html.escape(printable(note))}</p>" for note in comparison.notes)
     cards = "".join(_card(comparison, image) for image in failing[:HTML_IMAGES])
     if len(failing) > HTML_IMAGES:
         cards += f"<p>{len(failing) - HTML_IMAGES} more failing images are listed in the table below.</p>"
@@ -325,12 +360,13 @@ def html_page(comparison: Comparison) -> str:
         for image in comparison.images
     )
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
+    folders = printable(f"baseline: {comparison.baseline_dir} · current: {comparison.current_dir}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>gradcam compare: {"drift" if failing else "ok"}</title><style>{STYLE}</style></head>
 <body><header><h1>Grad-CAM attention check {verdict}</h1>
 <p>{html.escape(comparison.summary_line())}</p>
-<p>baseline: {html.escape(str(comparison.baseline_dir))} · current: {html.escape(str(comparison.current_dir))}</p>
+<p>{html.escape(folders)}</p>
 <p>thresholds: {html.escape(_thresholds(comparison))}</p>{notes}</header>
 <main>{cards}<h2>All images</h2><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
 <p><small>gradcam-cli {__version__}</small></p></main></body></html>

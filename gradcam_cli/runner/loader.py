@@ -69,9 +69,11 @@ class SourceReader:
                 return archive.read(source.member)
             with open(source.source, "rb") as handle:
                 return handle.read()
-        except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError, a corrupt member (zlib.error, BadZipFile), ...: this image's error
             message = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise ImageReadError("ReadError", message) from None
+            raise ImageReadError("ReadError", message[:500]) from None
 
 
 class DecodeDataset(Dataset):

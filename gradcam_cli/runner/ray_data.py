@@ -111,12 +111,13 @@ class CamActor:
                 result = prepared.engine.explain(images, prepared.targets)
             if prepared.device.type == "cuda":
                 torch.cuda.synchronize(prepared.device)
-        futures: list[Any] = []
-        records = render_batch(
-            prepared, self.out_dir, decoded, result, lambda job: futures.append(self.pool.submit(render_image, job))
-        )
-        outcomes = iter([future.result() for future in futures])  # a record is returned once its files are written
-        records = [with_render_outcome(r, next(outcomes) if r["status"] == "ok" else None) for r in records]
+        jobs: list[Any] = []
+        records = render_batch(prepared, self.out_dir, decoded, result, jobs.append)
+        futures = iter([(job, self.pool.submit(render_image, job)) for job in jobs])
+        for row, record in enumerate(records):
+            if record["status"] == "ok":  # a record is returned once its files are written
+                job, future = next(futures)
+                records[row] = with_render_outcome(record, future.result(), job)
         lines = iter(dumps_record(record) for record in records)
         out = ["" if item.skipped else next(lines) for item in items]
         return {"record": np.array(out, dtype=object), "device": np.array([str(prepared.device)] * len(out))}

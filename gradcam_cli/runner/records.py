@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradcam_cli.io.discovery import ImageSource
+from gradcam_cli.io.discovery import ImageSource, printable_path
 
 TOP_PREDICTIONS = 5
 
@@ -19,11 +19,12 @@ def label_of(labels: list[str] | None, index: int) -> str:
 
 def source_fields(source: ImageSource) -> dict[str, Any]:
     """Where a record's image came from, and what resume compares next time."""
+    # A name that is not UTF-8 is shown escaped (records are UTF-8 JSON); discovery escaped `path` already.
     return {
         "path": source.path,
-        "source": source.source,
-        "archive": source.archive,
-        "member": source.member,
+        "source": printable_path(source.source),
+        "archive": printable_path(source.archive) if source.archive is not None else None,
+        "member": printable_path(source.member) if source.member is not None else None,
         "file_size": source.file_size,
         "mtime_ns": source.mtime_ns,
     }

@@ -219,19 +219,11 @@ def render_batch(
     return records
 
 
-def with_render_outcome(record: dict[str, Any], outcome: tuple[str, str] | None) -> dict[str, Any]:
+def with_render_outcome(record: dict[str, Any], outcome: tuple[str, str] | None, job: RenderJob) -> dict[str, Any]:
     """The record as it stands once its files are written: an ok record whose render failed is an error."""
     if outcome is None or record["status"] != "ok":
         return record
-    source = ImageSource(
-        source=record["source"],
-        path=record["path"],
-        file_size=record["file_size"],
-        mtime_ns=record["mtime_ns"],
-        archive=record["archive"],
-        member=record["member"],
-    )
-    return error_record(source, record["sha256"], *outcome)
+    return error_record(job.source, job.sha256, *outcome)
 
 
 def _start_render_worker(parent: int) -> None:
@@ -261,7 +253,8 @@ class RenderPool:
             self.pool.submit(_nothing).result()  # start every worker now, while this process has few threads
         else:
             self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradcam-render")
-        self.pending: deque[tuple[list[dict[str, Any]], dict[int, Future[tuple[str, str] | None]]]] = deque()
+        # per batch: its records, and per ok record's row its render job and the job's future
+        self.pending: deque[tuple[list[dict[str, Any]], dict[int, tuple[RenderJob, Future]]]] = deque()
 
     def submit(self, prepared: PreparedRun, out_dir: Path, batch: DecodedBatch, result: CamBatch | None) -> list:
         """Start rendering a batch; returns its records as they will be (before render failures)."""
@@ -269,7 +262,7 @@ class RenderPool:
         records = render_batch(prepared, out_dir, batch, result, jobs.append)
         ok_rows = [i for i, record in enumerate(records) if record["status"] == "ok"]
         try:
-            futures = {row: self.pool.submit(render_image, job) for row, job in zip(ok_rows, jobs, strict=True)}
+            futures = {row: (job, self.pool.submit(render_image, job)) for row, job in zip(ok_rows, jobs, strict=True)}
         except BrokenProcessPool:
             raise self._died() from None
         self.pending.append((records, futures))
@@ -288,8 +281,9 @@ class RenderPool:
         while len(self.pending) > keep:
             records, futures = self.pending.popleft()
             try:
-                outcomes = {row: future.result() for row, future in futures.items()}
-                final = [with_render_outcome(record, outcomes.get(row)) for row, record in enumerate(records)]
+                final = list(records)
+                for row, (job, future) in futures.items():
+                    final[row] = with_render_outcome(records[row], future.result(), job)
                 self.records.write_batch(final)
             except BrokenProcessPool:
                 raise self._died() from None

@@ -17,7 +17,8 @@ from gradcam_cli import __version__
 from gradcam_cli.config import Config
 from gradcam_cli.errors import ConfigError, OutputError
 from gradcam_cli.events import EventLog
-from gradcam_cli.io.discovery import check_inputs
+from gradcam_cli.io.discovery import STDIN, check_inputs
+from gradcam_cli.io.files import remove_stale_temp_files
 from gradcam_cli.io.manifest import (
     NORMALIZATION,
     RECORDS_NAME,
@@ -26,7 +27,7 @@ from gradcam_cli.io.manifest import (
     repair_records,
     write_manifest,
 )
-from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS
+from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, linked_result_folder
 from gradcam_cli.models.sources import with_source_defaults
 from gradcam_cli.reports.gallery import write_report
 from gradcam_cli.runner.backends import backend_named
@@ -47,6 +48,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
     inputs = check_inputs(options.inputs)
     config = with_source_defaults(config)
     out_dir = config.output.dir.resolve()
+    check_output_folder(out_dir, inputs)
     events = options.events or EventLog(None)
     shard = options.shard
     if shard is not None and options.overwrite:
@@ -79,7 +81,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
                 stack.enter_context(lock)
         if options.overwrite:
             clear_results(out_dir)
-        _prepare_output(out_dir)
+        _prepare_output(out_dir, remove_stale=shard is None)  # shards share the folder: only a plain run
         repair_records(records_path)
         claim_run_info(out_dir, config, records_path)  # shards starting together agree on one config
         if shard is not None:
@@ -122,7 +124,30 @@ def merge_shards(out_dir: Path) -> tuple[Path, dict[str, Any]]:
     return path, counts
 
 
-def _prepare_output(out_dir: Path) -> None:
+def check_output_folder(out_dir: Path, inputs: list[str] | None = None) -> None:
+    """Refuse (exit 2) an output folder that is one of the input folders, or whose result folders are or
+    hold symbolic links (results would be written wherever they point)."""
+    for item in inputs or []:
+        if item != STDIN and os.path.isdir(item) and Path(item).resolve() == out_dir:
+            raise ConfigError(
+                f"the output folder {out_dir} is also an --input folder: results would be mixed with the images "
+                "(and never read back as inputs, so nothing would be done). Choose another --output."
+            )
+    linked = linked_result_folder(out_dir)
+    if linked is not None:
+        raise ConfigError(
+            f"{linked} is a symbolic link: results written below it would land in {os.path.realpath(linked)}, "
+            "outside the output folder. Remove the link (or replace it with a real folder), or choose another "
+            "--output."
+        )
+
+
+def _prepare_output(out_dir: Path, remove_stale: bool = False) -> None:
+    """Make the output folder and check it can be written; with `remove_stale` (the folder lock held
+    alone), delete temporary files a killed run left (e.g. `.manifest.json.*.tmp`)."""
+    check_output_folder(out_dir)
+    if remove_stale:
+        remove_stale_temp_files(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for sub in (HEATMAPS, OVERLAYS):
