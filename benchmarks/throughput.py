@@ -208,29 +208,33 @@ OURS_OPTIONS: list[str] = []  # --ours-option, passed on to the child
 
 
 def tree_rss_mb(root: int) -> float:
-    """Resident memory of `root` and all its descendants now, in MB (Linux /proc)."""
+    """Memory of `root` and all its descendants now, in MB: the sum of their PSS (Linux /proc), which counts
+    pages that forked workers share with the main process once, not once per process as RSS would."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for pid in rss:
+    total_kb = 0
+    for pid in parents:
         walk = pid
         while walk not in (0, 1) and walk != root:
             walk = parents.get(walk, 0)
-        if walk == root:
-            total += rss[pid]
-    return total / 2**20
+        if walk != root:
+            continue
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total_kb / 1024
 
 
 class TreeRss:
-    """Samples the process tree's RSS every 0.2 s in a thread; `peak` is the largest sum seen."""
+    """Samples the process tree's memory (PSS) every 0.2 s in a thread; `peak` is the largest sum seen."""
 
     def __init__(self) -> None:
         import threading
@@ -408,7 +412,7 @@ def sizes_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
     precision = args.precisions.split(",")[0]
     batch = int(args.batch_sizes.split(",")[0])
     print(f"# ours and floor by image size, resnet50 (random init), {precision}, batch {batch}")
-    print("| MP | size | images | floor img/s | ours img/s | ours/floor | ours peak RSS MB (tree) | overlay MB |")
+    print("| MP | size | images | floor img/s | ours img/s | ours/floor | peak MB (PSS, all processes) | overlay MB |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for label, (width, height) in SIZES_TABLE.items():
@@ -441,7 +445,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
 
     print(
         "| batch | precision | baseline img/s | floor img/s | ours img/s | ours/baseline | ours/floor | "
-        "peak RSS ours MB (tree) | overlay MB ours / baseline |"
+        "peak memory ours MB (PSS, all processes) | overlay MB ours / baseline |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
