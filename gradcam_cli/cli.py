@@ -125,7 +125,9 @@ def run(
     workers: Annotated[
         str | None, typer.Option(help="Decode worker processes, or auto (overrides runtime.workers).")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (overrides runtime.precision).")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32 | tf32 | bf16 | fp16 (overrides runtime.precision).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Process at most N images.")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first image that fails.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary line.")] = False,

@@ -286,7 +286,11 @@ class RuntimeConfig(_Strict):
         "full-resolution work at a time (0: threads of the main process)",
     )
     threads: Literal["auto"] | int = Field("auto", description="torch threads of the process that runs the model")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="fp32 (exact: TF32 off on GPUs), tf32 (fp32 with TensorFloat-32 matmuls/convs on "
+        "Ampere and newer), bf16 or fp16 (autocast)",
+    )
     fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the preceding conv (faster, same maps)")
     deterministic: bool = Field(
         True, description="deterministic torch algorithms, so reruns give byte-identical heatmaps"

@@ -165,3 +165,53 @@ def test_a_module_called_several_times_is_explained_at_its_last_call(method: str
         expected = engine.explain(images, TargetSpec("top1"))
     assert torch.allclose(found.cams, expected.cams, atol=1e-5)
     assert torch.equal(found.class_indices, expected.class_indices)
+
+
+def test_score_methods_compare_fp32_scores_under_bf16() -> None:
+    """Score-CAM and Ablation-CAM weigh channels by small differences of large scores: their extra passes
+    (and the base score they are compared with) run in fp32 even when the explained forward is bf16."""
+    from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
+    from tests.assets.tiny_models import build
+
+    model = build().eval().requires_grad_(False)
+    dtypes: list[torch.dtype] = []
+    model.head.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    images = torch.randn(2, 3, 32, 32)
+    for method in ("ablationcam", "scorecam"):
+        dtypes.clear()
+        with CamEngine(model, [model.features[3]], METHODS[method], precision="bf16", chunk=8) as engine:
+            half = engine.explain(images, TargetSpec("top1"))
+        assert dtypes[0] == torch.bfloat16 and set(dtypes[1:]) == {torch.float32}
+        with CamEngine(model, [model.features[3]], METHODS[method], chunk=8) as engine:
+            full = engine.explain(images, TargetSpec("top1"))
+        correlation = torch.corrcoef(torch.stack([half.cams.flatten(), full.cams.flatten()]))[0, 1]
+        assert correlation > 0.99
+
+
+def test_fp16_gradients_that_underflow_are_flagged_not_blank() -> None:
+    from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
+    from gradcam_cli.engine.base import _quality
+
+    flags = _quality(
+        torch.tensor([[0.0, 1.0]]),
+        torch.tensor([[0.0, 0.0]]),
+        torch.tensor([[False, False]]),
+        torch.tensor([[True, False]]),
+    )
+    assert flags == [["underflow", "ok"]]
+
+    class Tiny(torch.nn.Module):  # scores so small that fp16 gradients vanish without scaling
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).mean(dim=(2, 3)) * 1e-30
+
+    model = Tiny().eval().requires_grad_(False)
+    try:
+        with CamEngine(model, [model.conv], METHODS["gradcam"], precision="fp16") as engine:
+            batch = engine.explain(torch.randn(2, 3, 8, 8), TargetSpec("top1"))
+    except RuntimeError as exc:  # pragma: no cover - a CPU build without fp16 autocast
+        pytest.skip(f"fp16 autocast unavailable on this CPU build: {exc}")
+    assert {flag for row in batch.quality for flag in row} == {"underflow"}

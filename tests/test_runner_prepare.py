@@ -53,3 +53,44 @@ def test_targets_by_label_index_or_a_suggestion(tmp_path: Path, tiny_config: dic
         targets(["cta"])
     with pytest.raises(ConfigError, match="out of range"):
         targets([7])
+
+
+@pytest.mark.parametrize(("precision", "allowed"), [("fp32", False), ("tf32", True), ("bf16", False)])
+def test_fp32_turns_tf32_off_and_tf32_is_an_opt_in(
+    tmp_path: Path, tiny_config: dict[str, Any], precision: str, allowed: bool
+) -> None:
+    """On Ampere and newer GPUs cuDNN convolutions run in TF32 by default: fp32 must mean fp32."""
+    torch.backends.cudnn.allow_tf32 = not allowed
+    torch.backends.cuda.matmul.allow_tf32 = not allowed
+    config = parse_config({**tiny_config, "runtime": {**tiny_config["runtime"], "precision": precision}}, tmp_path)
+    prepare(config)
+    assert torch.backends.cudnn.allow_tf32 is allowed and torch.backends.cuda.matmul.allow_tf32 is allowed
+
+
+def test_cublas_workspace_is_set_when_the_package_is_imported() -> None:
+    import subprocess
+    import sys
+
+    code = "import os, gradcam_cli; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == ":4096:8"
+
+
+def test_ops_without_a_deterministic_kernel_are_collected_not_printed() -> None:
+    import warnings
+
+    from gradcam_cli.runner.prepare import NondeterministicOps
+
+    message = (
+        "upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, but you set "
+        "'torch.use_deterministic_algorithms(True, warn_only=True)'. You can file an issue at ..."
+    )
+    with warnings.catch_warnings(record=True) as outside:
+        warnings.simplefilter("always")
+        with NondeterministicOps() as seen:
+            for _ in range(3):
+                warnings.warn(message, UserWarning, stacklevel=1)
+            warnings.warn("something else", UserWarning, stacklevel=1)
+    assert seen.ops == {"upsample_bilinear2d_backward_out_cuda"}
+    assert [str(w.message) for w in outside] == ["something else"]

@@ -102,3 +102,27 @@ def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(
     kept.write_bytes(b"mine")
     run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
     assert not stale.exists() and kept.exists()
+
+
+def test_nondeterministic_ops_reach_the_manifest_and_one_warning(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA ops without a deterministic kernel (attention or upsample backward) warn at every call in
+    warn_only mode: the run records them once, in the manifest and as one GradcamWarning."""
+    import warnings
+
+    from gradcam_cli.errors import GradcamWarning
+    from gradcam_cli.runner import local
+
+    real_normalise = local.normalise
+
+    def normalise_and_warn(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn("index_add_cuda_ does not have a deterministic implementation, ...", UserWarning, stacklevel=2)
+        return real_normalise(*args, **kwargs)
+
+    monkeypatch.setattr(local, "normalise", normalise_and_warn)
+    config = parse_config({**tiny_config, "runtime": {**tiny_config["runtime"], "batch_size": 1}}, tmp_path)
+    with pytest.warns(GradcamWarning, match="index_add_cuda_") as caught:
+        summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert len([w for w in caught if issubclass(w.category, GradcamWarning)]) == 1
+    assert json.loads(summary.manifest.read_text())["nondeterministic_ops"] == ["index_add_cuda_"]

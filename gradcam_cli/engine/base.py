@@ -23,6 +23,9 @@ from gradcam_cli.engine.methods import CamInputs, CamMethod, first_component
 from gradcam_cli.errors import ModelError
 
 NORM_EPS = 1e-7  # as the reference: (cam - min) / (max + 1e-7)
+# fp16 has no loss scaler here: the score is scaled before the backward and the gradients after it, so small
+# gradients survive fp16's range; a CAM whose gradients still underflow is flagged `underflow`, never blank.
+FP16_GRADIENT_SCALE = 2.0**12
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class CamBatch:
     cams: torch.Tensor  # (B, K, H, W) normalised to [0, 1] at the model input size, float32
     raw_max: torch.Tensor  # (B, K) maximum of the raw (ReLU'd, not normalised) map, mean over layers
     raw: torch.Tensor  # (B, K, h, w) raw map of the first target layer at feature resolution
-    quality: list[list[str]]  # (B, K) ok | empty | flat | nonfinite
+    quality: list[list[str]]  # (B, K) ok | empty | flat | nonfinite | underflow (fp16 gradients all zero)
 
 
 def default_to_spatial(activation: torch.Tensor) -> torch.Tensor:
@@ -71,13 +74,18 @@ def min_max(maps: torch.Tensor) -> torch.Tensor:
     return shifted / (shifted.amax(dim=(-2, -1), keepdim=True) + NORM_EPS)
 
 
-def _quality(raw_max: torch.Tensor, raw_min: torch.Tensor, nonfinite: torch.Tensor) -> list[list[str]]:
+def _quality(
+    raw_max: torch.Tensor, raw_min: torch.Tensor, nonfinite: torch.Tensor, underflow: torch.Tensor | None = None
+) -> list[list[str]]:
     flags: list[list[str]] = []
-    for bmax, bmin, bbad in zip(raw_max.tolist(), raw_min.tolist(), nonfinite.tolist(), strict=True):
+    lost = underflow.tolist() if underflow is not None else [[False] * raw_max.shape[1]] * raw_max.shape[0]
+    for bmax, bmin, bbad, blost in zip(raw_max.tolist(), raw_min.tolist(), nonfinite.tolist(), lost, strict=True):
         row = []
-        for top, bottom, bad in zip(bmax, bmin, bbad, strict=True):
+        for top, bottom, bad, gone in zip(bmax, bmin, bbad, blost, strict=True):
             if bad:
                 row.append("nonfinite")
+            elif gone:
+                row.append("underflow")
             elif top <= 0:
                 row.append("empty")
             elif top - bottom <= 1e-6 * top:
@@ -120,6 +128,7 @@ class CamEngine:
         # activation) is explained at its last call, by every method, hooks and replacements alike.
         self.calls = list(calls) if calls is not None else [1] * len(self.target_layers)
         self._seen: list[int] = [0] * len(self.target_layers)
+        self._underflow: torch.Tensor | None = None  # (B, K): fp16 gradients that were all zero
         self.show_progress = False  # a progress bar for methods with many extra passes
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._activations: dict[int, torch.Tensor] = {}
@@ -166,7 +175,7 @@ class CamEngine:
         return hook
 
     def _autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "tf32"):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=device_type, dtype=dtype)
@@ -191,7 +200,7 @@ class CamEngine:
             maps = self._layer_maps(images, logits, activations, classes)
         finally:
             self._activations.clear()
-        batch = self._normalise(maps, probabilities, classes, tuple(images.shape[-2:]))
+        batch = self._normalise(maps, probabilities, classes, tuple(images.shape[-2:]), self._underflow)
         if self.aug_smooth:
             batch.cams = self._augmented(images, classes, batch.cams)
         return batch
@@ -234,9 +243,11 @@ class CamEngine:
         return tqdm(steps, desc=label, leave=False, file=sys.stderr, unit="pass")
 
     def _score_inputs(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Scores of `classes` for extra forward passes (score-CAM masks, ablations), no graph."""
+        """Scores of `classes` for extra forward passes (score-CAM masks, ablations), no graph, in fp32 also under
+        bf16/fp16: these methods weigh channels by small differences between large scores, which half
+        precision rounds away."""
         self._new_forward()
-        with torch.no_grad(), self._autocast(inputs.device.type):
+        with torch.no_grad():
             logits = self.scores(self.model(inputs))
         return logits.float().gather(1, classes[:, None])[:, 0]
 
@@ -273,17 +284,24 @@ class CamEngine:
         method = self.method
         spatial = [adapt(a).float() for adapt, a in zip(self.adapters, activations, strict=True)]
         base_scores = logits.detach().float().gather(1, classes)
-        per_target: list[list[torch.Tensor]] = [[] for _ in activations]
         count = classes.shape[1]
+        half = self.precision in ("bf16", "fp16")
+        if half and not method.needs_gradients:  # the score methods compare with fp32 extra passes: fp32 here too
+            base_scores = torch.stack([self._score_inputs(images, classes[:, k]) for k in range(count)], dim=1)
+        scale = FP16_GRADIENT_SCALE if self.precision == "fp16" else 1.0
+        self._underflow = torch.zeros(classes.shape, dtype=torch.bool, device=classes.device)
+        per_target: list[list[torch.Tensor]] = [[] for _ in activations]
         for k in range(count):
             gradients: list[torch.Tensor | None] = [None] * len(activations)
             if method.needs_gradients:
                 # Images are independent, so one backward of the summed scores gives every image its gradient.
-                score = logits.gather(1, classes[:, k : k + 1]).sum()
+                score = logits.gather(1, classes[:, k : k + 1]).sum() * scale
                 found = torch.autograd.grad(score, activations, retain_graph=k < count - 1, allow_unused=True)
                 if any(g is None for g in found):
                     raise ModelError("the class scores do not depend on the target layer; choose an earlier layer")
-                gradients = [adapt(g).float() for adapt, g in zip(self.adapters, found, strict=True)]
+                gradients = [adapt(g).float() / scale for adapt, g in zip(self.adapters, found, strict=True)]
+                if self.precision == "fp16":
+                    self._underflow[:, k] = torch.stack([(g == 0).flatten(1).all(dim=1) for g in gradients]).all(0)
             for layer, (activation, gradient) in enumerate(zip(spatial, gradients, strict=True)):
                 inputs = CamInputs(
                     activations=activation,
@@ -303,7 +321,11 @@ class CamEngine:
 
     @staticmethod
     def _normalise(
-        maps: list[torch.Tensor], probabilities: torch.Tensor, classes: torch.Tensor, size: tuple[int, int]
+        maps: list[torch.Tensor],
+        probabilities: torch.Tensor,
+        classes: torch.Tensor,
+        size: tuple[int, int],
+        underflow: torch.Tensor | None = None,
     ) -> CamBatch:
         with torch.no_grad():
             nonfinite = torch.zeros(classes.shape, dtype=torch.bool, device=classes.device)
@@ -329,7 +351,7 @@ class CamEngine:
             cams=cams,
             raw_max=top,
             raw=first,
-            quality=_quality(top, bottom, nonfinite),
+            quality=_quality(top, bottom, nonfinite, underflow),
         )
 
 

@@ -1,9 +1,11 @@
-"""Colour: heatmaps to colormaps, blended over the original image."""
+"""Colour: heatmaps to colormaps, blended over the original image (NumPy/OpenCV on the CPU; the same bytes
+from torch tensors for a GPU render path, `blend_tensor`)."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 _COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -39,3 +41,23 @@ def blend_bgr(image_bgr: np.ndarray, heatmap: np.ndarray, colormap: str, alpha: 
     code = _COLORMAPS[colormap]
     coloured = cv2.cvtColor(heatmap, cv2.COLOR_GRAY2BGR) if code is None else cv2.applyColorMap(heatmap, code)
     return cv2.addWeighted(coloured, alpha, image_bgr, 1.0 - alpha, 0.0)
+
+
+def colormap_lut(colormap: str) -> np.ndarray:
+    """OpenCV's own colormap as a (256, 3) uint8 BGR table: what `applyColorMap` does, as a lookup any array
+    library can apply (the GPU render path indexes it with the heatmap)."""
+    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    code = _COLORMAPS[colormap]
+    if code is None:
+        return np.repeat(ramp, 3, axis=1)
+    return cv2.applyColorMap(ramp, code).reshape(256, 3)
+
+
+def blend_tensor(image_bgr: torch.Tensor, heatmap: torch.Tensor, lut: torch.Tensor, alpha: float) -> torch.Tensor:
+    """`blend_bgr` on torch tensors (CPU or GPU), byte-identical to OpenCV's: the colormap by table lookup,
+    then `colour * alpha + (image * beta)` in fp32 with one fused multiply-add, as cv2.addWeighted computes
+    it, rounded half to even. image (H, W, 3) uint8, heatmap (H, W) uint8, lut (256, 3) uint8."""
+    coloured = lut[heatmap.long()].float()
+    weighted_image = image_bgr.float() * float(np.float32(1.0 - alpha))
+    weight = torch.tensor(float(np.float32(alpha)), dtype=torch.float32, device=image_bgr.device)
+    return torch.addcmul(weighted_image, coloured, weight).round_().clamp_(0, 255).to(torch.uint8)

@@ -18,7 +18,7 @@ from gradcam_cli.io.manifest import RecordsWriter
 from gradcam_cli.runner.job import RunJob
 from gradcam_cli.runner.loader import DecodeDataset, decoded_batches, normalise
 from gradcam_cli.runner.options import RunOptions, RunSummary, progress_bar
-from gradcam_cli.runner.prepare import split_cores
+from gradcam_cli.runner.prepare import NondeterministicOps, split_cores
 from gradcam_cli.runner.render import RenderPool
 from gradcam_cli.runner.signals import StopSignals
 
@@ -58,7 +58,7 @@ def stream(job: RunJob) -> RunSummary:
     prepared.engine.show_progress = not options.quiet
     finished = False
     try:
-        with StopSignals() as stop, prepared.engine:
+        with StopSignals() as stop, NondeterministicOps() as nondeterministic, prepared.engine:
             mark = time.perf_counter()
             for batch in batches:
                 mark = summary.lap("decode", mark)  # time the main loop waited for decoded batches
@@ -81,6 +81,7 @@ def stream(job: RunJob) -> RunSummary:
             account(renderer.drain())
             summary.lap("encode", mark)
             finished = True
+        summary.nondeterministic_ops = sorted(nondeterministic.ops)
     except KeyboardInterrupt:
         # A second Ctrl-C (or one outside the handler's reach): stop now. Files are atomic and records
         # are only appended for complete batches, so what is on disk stays consistent.

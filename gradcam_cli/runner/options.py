@@ -52,6 +52,7 @@ class RunSummary:
     device: str | None = None  # where the CAMs ran, when not the driver's device (Ray actors)
     note: str | None = None  # e.g. a shard waiting for the others before the merge
     merge_error: str | None = None  # the last shard could not merge (see `gradcam merge`)
+    nondeterministic_ops: list[str] = field(default_factory=list)  # ops torch has no deterministic kernel for
 
     @classmethod
     def start(cls, out_dir: Path) -> tuple[RunSummary, float]:

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -69,12 +71,52 @@ def split_cores(
 def use_deterministic_algorithms(device: torch.device) -> None:
     """Same inputs, same config, same machine: byte-identical heatmaps (what `gradcam compare` relies on).
 
-    warn_only: an op without a deterministic kernel warns instead of failing the run.
+    warn_only: an op without a deterministic kernel warns instead of failing the run; the run records those
+    ops (`NondeterministicOps`) in the manifest and says so once. CUBLAS_WORKSPACE_CONFIG is set when
+    gradcam_cli is imported (gradcam_cli/__init__.py), before any GEMM.
     """
     if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
         torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+NONDETERMINISTIC = "does not have a deterministic implementation"
+
+
+class NondeterministicOps:
+    """Inside `with`: the ops torch reports as having no deterministic kernel (warn_only mode), collected in
+    `ops` instead of printed at each call; every other warning goes on as before."""
+
+    def __init__(self) -> None:
+        self.ops: set[str] = set()
+        self._context = warnings.catch_warnings()
+
+    def __enter__(self) -> NondeterministicOps:
+        self._context.__enter__()
+        warnings.filterwarnings("always", message=f".*{NONDETERMINISTIC}.*")
+        previous = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            text = str(message)
+            if NONDETERMINISTIC in text:
+                self.ops.add(text.split(NONDETERMINISTIC)[0].strip().split()[-1])
+            else:
+                previous(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._context.__exit__(*exc)
+
+
+def use_precision(precision: str) -> None:
+    """fp32 means fp32: TensorFloat-32 (on by default for cuDNN convolutions on Ampere and newer) would make
+    GPU heatmaps differ from the CPU's. `tf32` opts in; bf16/fp16 autocast leave it off for their fp32 ops."""
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    torch.set_float32_matmul_precision("high" if allow else "highest")
 
 
 def resolve_targets(config: Config, labels: list[str] | None, num_classes: int) -> TargetSpec:
@@ -130,6 +172,7 @@ def prepare(config: Config, build: Config | None = None) -> PreparedRun:
     device = resolve_device(build.runtime.device)
     if build.runtime.deterministic:
         use_deterministic_algorithms(device)
+    use_precision(build.runtime.precision)
     if build.runtime.precision == "fp16" and device.type == "cpu":
         raise ConfigError("runtime.precision fp16 needs a GPU; on the CPU use bf16 or fp32.")
     loaded = load_model(build.model)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from gradcam_cli import __version__
 from gradcam_cli.config import Config
-from gradcam_cli.errors import ConfigError, OutputError
+from gradcam_cli.errors import ConfigError, GradcamWarning, OutputError
 from gradcam_cli.events import EventLog
 from gradcam_cli.io.discovery import STDIN, check_inputs
 from gradcam_cli.io.files import remove_stale_temp_files
@@ -100,6 +101,13 @@ def run(config: Config, options: RunOptions) -> RunSummary:
             **({"engine": options.backend} if options.backend != "local" else {}),
         )
         summary = backend.stream(RunJob(prepared, inputs, out_dir, done, options, events, records_path))
+        if summary.nondeterministic_ops:
+            warnings.warn(
+                f"no deterministic kernel on {prepared.device.type} for {', '.join(summary.nondeterministic_ops)}: "
+                "reruns may differ in the last bits of some heatmap pixels (manifest: nondeterministic_ops).",
+                GradcamWarning,
+                stacklevel=2,
+            )
         header = _manifest_header(prepared, summary)
         if shard is None:
             summary.manifest = write_manifest(out_dir, header, skipped=summary.skipped)
@@ -200,6 +208,7 @@ def _manifest_header(prepared: PreparedRun, summary: RunSummary) -> dict[str, An
         "device": summary.device or str(prepared.device),
         "precision": config.runtime.precision,
         "normalization": NORMALIZATION,
+        "nondeterministic_ops": summary.nondeterministic_ops,
         "started_at": summary.started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
