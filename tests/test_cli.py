@@ -44,7 +44,15 @@ def test_run_writes_heatmaps_overlays_and_manifest(config_file, image_folder: Pa
     manifest = _manifest(out)
     assert manifest["schema_version"] == 1
     assert manifest["tool"]["name"] == "gradcam-cli"
-    assert manifest["summary"] == {"total": 3, "ok": 3, "failed": 0, "skipped": 0}
+    assert manifest["summary"] == {"total": 3, "ok": 3, "failed": 0}  # the folder
+    assert manifest["run"] == {
+        "ok": 3,
+        "failed": 0,
+        "skipped": 0,
+        "complete": True,
+        "interrupted_by": None,
+        "left": None,
+    }
     assert manifest["target_layer"] == "features.3" and manifest["method"] == "gradcam"
     assert len(manifest["config_hash"]) == 64 and manifest["config"]["preprocess"]["size"] == [32, 32]
     for key in ("started_at", "finished_at", "model", "normalization"):
@@ -84,7 +92,7 @@ def test_bad_images_become_error_records(config_file, image_folder: Path, tmp_pa
     assert result.exit_code == 1, result.output
     manifest = _manifest(tmp_path / "out")
     by_path = {r["path"]: r for r in manifest["images"]}
-    assert manifest["summary"] == {"total": 7, "ok": 3, "failed": 4, "skipped": 0}
+    assert manifest["summary"] == {"total": 7, "ok": 3, "failed": 4}
     assert by_path["empty.jpg"]["error"]["type"] == "EmptyFile"
     assert by_path["text.png"]["error"]["type"] == "NotAnImage"
     assert by_path["truncated.jpg"]["error"]["type"] in ("TruncatedImage", "DecodeError")

@@ -221,3 +221,21 @@ def test_every_overlay_format_works_with_report_compare_and_merge(
     record = json.loads((tmp_path / "b" / "manifest.json").read_text())["images"][0]
     picture = _overlay(tmp_path / "b", record["cams"][0], None)  # what compare --html embeds
     assert picture is not None and picture.ndim == 3 and max(picture.shape[:2]) <= 32
+
+
+def test_a_full_disk_in_a_render_worker_is_exit_4_without_a_hang(tmp_path: Path, tiny_weights: Path) -> None:
+    """Reviewer repro (a 3 MB tmpfs as -o): the exit-4 message printed, then the process never exited. Here a
+    real write failure in a render worker process: files above 64 KB cannot be written (RLIMIT_FSIZE)."""
+    import resource
+
+    command = _slow_run(tmp_path, tiny_weights, 8, (800, 600), workers=1, render_workers=2)
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=90, preexec_fn=small_files)
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert "cannot write to the output folder" in done.stderr and "Traceback" not in done.stderr
+    for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines():
+        json.loads(line)  # what was written stays valid

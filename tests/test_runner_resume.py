@@ -45,7 +45,7 @@ def test_rerun_processes_only_new_and_changed_images(config_file, image_folder: 
     assert json.loads(again.stdout)["skipped"] == 3 and json.loads(again.stdout)["ok"] == 0
     assert heatmap.stat().st_mtime_ns == written  # nothing recomputed
     second = manifest(out)
-    assert second["images"] == first["images"] and second["summary"]["skipped"] == 3
+    assert second["images"] == first["images"] and second["run"]["skipped"] == 3
 
     random_image(image_folder / "new.png", 20, 20, seed=11)  # the archive grows
     os.utime(image_folder / "a.png", ns=(1, 1))  # touched, same bytes: re-hashed, not recomputed
@@ -154,7 +154,7 @@ def test_disk_full_is_a_clear_error_and_records_stay_valid(
         real(path, data, durable)
 
     monkeypatch.setattr(outputs, "atomic_write_bytes", fill_up)
-    config = str(config_file(runtime={"batch_size": 1}))
+    config = str(config_file(runtime={"batch_size": 1, "render_workers": 0}))  # in-process, so the patch applies
     result = gradcam("run", "-c", config, "-i", str(image_folder), "-q")
     assert result.exit_code == 4 and "No space left on device" in result.stderr
     records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ import pytest
 
 from gradcam_cli.config import parse_config
 from gradcam_cli.errors import ConfigError
-from gradcam_cli.runner.options import RunOptions
+from gradcam_cli.runner.options import RunOptions, RunSummary
 from gradcam_cli.runner.run import run
 
 
@@ -126,3 +126,65 @@ def test_nondeterministic_ops_reach_the_manifest_and_one_warning(
         summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
     assert len([w for w in caught if issubclass(w.category, GradcamWarning)]) == 1
     assert json.loads(summary.manifest.read_text())["nondeterministic_ops"] == ["index_add_cuda_"]
+
+
+def test_folder_totals_and_this_runs_counts_are_kept_apart(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    """Reviewer repro: after an incremental run the manifest said {total 303, ok 303, skipped 300} while
+    --json said ok 3. The manifest's summary is the folder; `run` (and --json) is what this run did."""
+    config = parse_config(tiny_config, tmp_path)
+    first = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert first.folder == {"total": 3, "ok": 3, "failed": 0}
+    again = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    manifest = json.loads(again.manifest.read_text())
+    assert manifest["summary"] == {"total": 3, "ok": 3, "failed": 0}
+    assert (manifest["run"]["ok"], manifest["run"]["skipped"]) == (0, 3)
+    assert again.as_dict()["nothing_new"] and again.as_dict()["folder"]["total"] == 3
+    assert again.line().startswith("Nothing new: all 3 images were already done")
+
+
+def test_a_run_cut_short_says_what_is_left(tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path) -> None:
+    config = parse_config(tiny_config, tmp_path)
+    summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True, limit=1))
+    assert (summary.ok, summary.complete, summary.left) == (1, False, 2)
+    assert "Stopped early" in summary.line() and "2 left" in summary.line()
+    interrupted = RunSummary(ok=80, total=80, interrupted_by=2, left=176, seconds=1.0)
+    line = interrupted.line()
+    assert line.startswith("Interrupted by SIGINT after 80 new images") and "176 images left" in line
+    assert "rerun the same command to resume" in line
+
+
+def test_silent_surprises_become_warnings_in_the_manifest(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    """--top-k beyond the classes was clamped silently, an empty input gave exit 0 silently, and a
+    torchvision model without weights ran with random weights silently."""
+    import warnings
+
+    from gradcam_cli.errors import GradcamWarning
+
+    topk = parse_config({**tiny_config, "cam": {"targets": "topk", "top_k": 9}}, tmp_path)
+    with pytest.warns(GradcamWarning, match="top_k is 9 but the model has 3 classes"):
+        summary = run(topk, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert any("top_k is 9" in w for w in json.loads(summary.manifest.read_text())["warnings"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = parse_config({**tiny_config, "output": {"dir": str(tmp_path / "out-empty")}}, tmp_path)
+    with pytest.warns(GradcamWarning, match="no images"):
+        run(config, RunOptions(inputs=[str(empty)], quiet=True))
+    random = parse_config(
+        {
+            "model": {"torchvision": "resnet18", "labels": "none", "kwargs": {"num_classes": 3}},
+            "preprocess": {"size": [32, 32]},
+            "output": {"dir": str(tmp_path / "out-random")},
+            "runtime": {"workers": 0, "device": "cpu"},
+        },
+        tmp_path,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run(random, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert any(issubclass(w.category, GradcamWarning) and "random weights" in str(w.message) for w in caught)
+    manifest = json.loads(summary.manifest.read_text())
+    assert manifest["model"]["weights"] == "random-init" and any("random weights" in w for w in manifest["warnings"])

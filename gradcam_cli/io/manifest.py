@@ -163,26 +163,34 @@ def latest_records(
     return latest, duplicates
 
 
+def folder_counts(latest: dict[str, tuple[int, int, bool]]) -> dict[str, int]:
+    """The folder's totals: every image in the manifest (its latest record), ok or failed."""
+    failed = sum(1 for *_, is_error in latest.values() if is_error)
+    return {"total": len(latest), "ok": len(latest) - failed, "failed": failed}
+
+
 def write_manifest(
     out_dir: Path,
     header: dict[str, Any],
-    skipped: int = 0,
+    run: dict[str, Any] | None = None,
     records_files: list[Path] | None = None,
     latest: dict[str, tuple[int, int, bool]] | None = None,
-) -> Path:
-    """Write `manifest.json` atomically: the header (sorted keys) and every image's latest record.
+) -> tuple[Path, dict[str, int]]:
+    """Write `manifest.json` atomically: the header (sorted keys) and every image's latest record; returns
+    its path and the folder's totals.
 
-    `summary` counts the images in the manifest (`total`, `ok`, `failed`) and how many of the ok ones
-    this run `skipped` because an earlier run had already explained them. `records_files` (default: the
-    folder's `records.jsonl`) lists the shards' records files when merging, with `latest` if the caller
-    already indexed them (`latest_records`).
+    `summary` counts the images in the manifest, i.e. the whole folder (`total`, `ok`, `failed`); `run`
+    says what the run that wrote it did (`ok`, `failed` new records, `skipped` already done, whether it
+    was `complete`). `records_files` (default: the folder's `records.jsonl`) lists the shards' records files
+    when merging, with `latest` if the caller already indexed them (`latest_records`).
     """
     files = records_files if records_files is not None else [out_dir / RECORDS_NAME]
     if latest is None:
         latest, _ = latest_records(files)
-    failed = sum(1 for *_, is_error in latest.values() if is_error)
-    counts = {"total": len(latest), "ok": len(latest) - failed, "failed": failed, "skipped": skipped}
+    counts = folder_counts(latest)
     body = dict(header, schema_version=SCHEMA_VERSION, summary=counts)
+    if run is not None:
+        body["run"] = run
     head = json.dumps(body, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
     path = out_dir / MANIFEST_NAME
     with atomic_open(path, durable=True) as out, contextlib.ExitStack() as stack:
@@ -196,7 +204,7 @@ def write_manifest(
             records.seek(offset)
             out.write((b"\n    " if index == 0 else b",\n    ") + records.readline().rstrip(b"\n"))
         out.write(b"\n  ]\n}\n")
-    return path
+    return path, counts
 
 
 def write_run_info(out_dir: Path, config_hash: str, config: dict[str, Any]) -> None:

@@ -1,11 +1,10 @@
-"""Colour: heatmaps to colormaps, blended over the original image (NumPy/OpenCV on the CPU; the same bytes
-from torch tensors for a GPU render path, `blend_tensor`)."""
+"""Colour: heatmaps to colormaps, blended over the original image (NumPy/OpenCV; io/overlay_torch.py gives
+the same bytes from torch tensors, for a GPU render path). No torch here: the gallery and --dry-run use it."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
 
 _COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -51,13 +50,3 @@ def colormap_lut(colormap: str) -> np.ndarray:
     if code is None:
         return np.repeat(ramp, 3, axis=1)
     return cv2.applyColorMap(ramp, code).reshape(256, 3)
-
-
-def blend_tensor(image_bgr: torch.Tensor, heatmap: torch.Tensor, lut: torch.Tensor, alpha: float) -> torch.Tensor:
-    """`blend_bgr` on torch tensors (CPU or GPU), byte-identical to OpenCV's: the colormap by table lookup,
-    then `colour * alpha + (image * beta)` in fp32 with one fused multiply-add, as cv2.addWeighted computes
-    it, rounded half to even. image (H, W, 3) uint8, heatmap (H, W) uint8, lut (256, 3) uint8."""
-    coloured = lut[heatmap.long()].float()
-    weighted_image = image_bgr.float() * float(np.float32(1.0 - alpha))
-    weight = torch.tensor(float(np.float32(alpha)), dtype=torch.float32, device=image_bgr.device)
-    return torch.addcmul(weighted_image, coloured, weight).round_().clamp_(0, 255).to(torch.uint8)

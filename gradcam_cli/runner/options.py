@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from gradcam_cli.errors import EXIT_IMAGES_FAILED, EXIT_OK
+from gradcam_cli.errors import EXIT_IMAGES_FAILED, EXIT_OK, GradcamWarning
 from gradcam_cli.events import EventLog
 from gradcam_cli.runner.shards import Shard
 
@@ -53,6 +54,9 @@ class RunSummary:
     note: str | None = None  # e.g. a shard waiting for the others before the merge
     merge_error: str | None = None  # the last shard could not merge (see `gradcam merge`)
     nondeterministic_ops: list[str] = field(default_factory=list)  # ops torch has no deterministic kernel for
+    folder: dict[str, int] | None = None  # the whole output folder after this run: total, ok, failed
+    left: int | None = None  # images still to do when the run stopped early (None: unknown, e.g. stdin)
+    warnings: list[str] = field(default_factory=list)  # what the run warned about (also in the manifest)
 
     @classmethod
     def start(cls, out_dir: Path) -> tuple[RunSummary, float]:
@@ -98,7 +102,19 @@ class RunSummary:
             return True
         return fail_fast and any(record["status"] == "error" for record in records)
 
+    def run_block(self) -> dict[str, Any]:
+        """This run's counts, as the manifest's `run` holds them (its `summary` is the folder's totals)."""
+        return {
+            "ok": self.ok,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "complete": self.complete,
+            "interrupted_by": self.interrupted_by,
+            "left": self.left,
+        }
+
     def as_dict(self) -> dict[str, Any]:
+        """`--json`: this run's counts (total, ok, failed, skipped), the folder's (`folder`), and more."""
         return {
             "total": self.total,
             "ok": self.ok,
@@ -110,13 +126,38 @@ class RunSummary:
             "interrupted_by": self.interrupted_by,
             "exit_code": self.exit_code,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "folder": self.folder,
+            "complete": self.complete,
+            "left": self.left,
+            "nothing_new": self.ok + self.failed == 0 and self.interrupted_by is None,
+            "warnings": self.warnings,
         }
 
     def line(self) -> str:
-        rate = self.total / self.seconds if self.seconds > 0 else 0.0
+        """The one-line summary: what this run did, the folder's totals, and what is left if it stopped early."""
+        new = self.ok + self.failed
+        rate = new / self.seconds if self.seconds > 0 else 0.0
+        skipped = f"; {self.skipped} already done (skipped)" if self.skipped else ""
+        where = f"Results: {self.manifest or self.out_dir}"
+        folder = ""
+        if self.folder is not None:
+            folder = f" Folder: {self.folder['total']} images, {self.folder['ok']} ok, {self.folder['failed']} failed."
+        if self.interrupted_by is not None:
+            name = {2: "SIGINT", 15: "SIGTERM"}.get(self.interrupted_by, f"signal {self.interrupted_by}")
+            left = f"{self.left} images left" if self.left is not None else "the rest left"
+            return (
+                f"Interrupted by {name} after {new} new images ({self.ok} ok, {self.failed} failed){skipped}; "
+                f"{left}: rerun the same command to resume.{folder} {where}"
+            )
+        if new == 0:
+            nothing = f"Nothing new: all {self.skipped} images were already done" if self.skipped else "No images"
+            return f"{nothing} (in {self.seconds:.1f} s).{folder} {where}"
+        stopped = ""
+        if not self.complete:
+            stopped = f" Stopped early (--limit/--fail-fast): {self.left if self.left is not None else 'some'} left."
         return (
-            f"{self.total} images: {self.ok} ok, {self.failed} failed, {self.skipped} skipped "
-            f"in {self.seconds:.1f} s ({rate:.1f} img/s). Results: {self.manifest or self.out_dir}"
+            f"{new} new images: {self.ok} ok, {self.failed} failed{skipped} in {self.seconds:.1f} s "
+            f"({rate:.1f} img/s).{stopped}{folder} {where}"
         )
 
 
@@ -127,3 +168,27 @@ def progress_bar(quiet: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(unit="img", file=sys.stderr, dynamic_ncols=True, desc="gradcam")
+
+
+class Warned:
+    """GradcamWarnings raised inside `with`: collected in `messages` (for the manifest and --json) and passed
+    on unchanged to whatever shows them (the CLI edge)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self._context = warnings.catch_warnings()
+
+    def __enter__(self) -> Warned:
+        self._context.__enter__()
+        previous = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, GradcamWarning) and str(message) not in self.messages:
+                self.messages.append(str(message))
+            previous(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._context.__exit__(*exc)

@@ -15,7 +15,7 @@ import torch
 from gradcam_cli.config import Config, did_you_mean
 from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
 from gradcam_cli.engine.layouts import describe_layout
-from gradcam_cli.errors import ConfigError
+from gradcam_cli.errors import ConfigError, GradcamWarning
 from gradcam_cli.models import (
     LoadedModel,
     fuse_conv_batchnorm,
@@ -125,6 +125,12 @@ def resolve_targets(config: Config, labels: list[str] | None, num_classes: int) 
     if targets == "top1":
         return TargetSpec("top1")
     if targets == "topk":
+        if config.cam.top_k > num_classes:
+            warnings.warn(
+                f"cam.top_k is {config.cam.top_k} but the model has {num_classes} classes: explaining all of them",
+                GradcamWarning,
+                stacklevel=2,
+            )
         return TargetSpec("topk", k=min(config.cam.top_k, num_classes))
     indices: list[int] = []
     for target in targets:

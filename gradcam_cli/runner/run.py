@@ -34,10 +34,11 @@ from gradcam_cli.reports.gallery import write_report
 from gradcam_cli.runner.backends import backend_named
 from gradcam_cli.runner.job import RunJob
 from gradcam_cli.runner.lock import OutputLock
-from gradcam_cli.runner.options import RunOptions, RunSummary
+from gradcam_cli.runner.options import RunOptions, RunSummary, Warned
 from gradcam_cli.runner.prepare import PreparedRun, prepare
 from gradcam_cli.runner.resume import check_previous_config, claim_run_info, clear_results
 from gradcam_cli.runner.shards import Shard, ShardMergeError, clear_marker, complete_markers, merge, write_marker
+from gradcam_cli.runner.todo import still_to_do
 
 
 def run(config: Config, options: RunOptions) -> RunSummary:
@@ -62,6 +63,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
     backend.require()  # a missing extra is a usage error, before anything is written
     records_path = out_dir / (shard.records_name if shard else RECORDS_NAME)
     with contextlib.ExitStack() as stack:
+        warned = stack.enter_context(Warned())
         # A plain run holds the folder lock alone; shards share it and hold their own shard lock each.
         locks = [OutputLock(out_dir)] if shard is None else [OutputLock(out_dir, shared=True)]
         if shard is not None:
@@ -108,14 +110,29 @@ def run(config: Config, options: RunOptions) -> RunSummary:
                 GradcamWarning,
                 stacklevel=2,
             )
+        if not summary.complete and STDIN not in inputs:
+            summary.left = _left_to_do(config, inputs, out_dir, records_path, shard)
+        if summary.total == 0 and summary.complete:
+            warnings.warn(
+                "the inputs hold no images to explain (check --input, input.extensions, input.include/exclude)",
+                GradcamWarning,
+                stacklevel=2,
+            )
+        summary.warnings = warned.messages
         header = _manifest_header(prepared, summary)
         if shard is None:
-            summary.manifest = write_manifest(out_dir, header, skipped=summary.skipped)
+            summary.manifest, summary.folder = write_manifest(out_dir, header, summary.run_block())
         else:
             summary.manifest = _finish_shard(out_dir, shard, config.config_hash(), header, summary, events)
         publish(out_dir, summary.manifest, prepared.config.output.report)
         events.emit("run_finished", summary=summary.as_dict())
     return summary
+
+
+def _left_to_do(config: Config, inputs: list[str], out_dir: Path, records_path: Path, shard: Shard | None) -> int:
+    """How many images a rerun would still do (a fresh walk; nothing is decoded)."""
+    todo, _ = still_to_do(config, inputs, out_dir, load_done(records_path), shard, None, None, lambda _: None)
+    return sum(1 for _ in todo)
 
 
 def publish(out_dir: Path, manifest: Path | None, report: bool) -> None:
@@ -209,6 +226,7 @@ def _manifest_header(prepared: PreparedRun, summary: RunSummary) -> dict[str, An
         "precision": config.runtime.precision,
         "normalization": NORMALIZATION,
         "nondeterministic_ops": summary.nondeterministic_ops,
+        "warnings": summary.warnings,
         "started_at": summary.started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -236,8 +236,7 @@ def write_merged(plan: MergePlan) -> tuple[Path, dict[str, Any]]:
         header["started_at"] = min(starts)
     if ends:
         header["finished_at"] = max(ends)
-    skipped = sum(int(m.get("summary", {}).get("skipped", 0)) for m in markers)
-    path = write_manifest(plan.out_dir, header, skipped=skipped, records_files=plan.records_files, latest=plan.latest)
-    failed = sum(1 for *_, is_error in plan.latest.values() if is_error)
-    counts = {"total": len(plan.latest), "ok": len(plan.latest) - failed, "failed": failed, "skipped": skipped}
-    return path, counts
+    run = {key: sum(int(m.get("summary", {}).get(key, 0)) for m in markers) for key in ("ok", "failed", "skipped")}
+    run.update(complete=True, interrupted_by=None, left=None)  # every shard completed, or there is no merge
+    path, counts = write_manifest(plan.out_dir, header, run, records_files=plan.records_files, latest=plan.latest)
+    return path, {**counts, "skipped": run["skipped"]}

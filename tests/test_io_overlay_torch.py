@@ -1,4 +1,4 @@
-"""io/overlay.py: colormaps and blending; the torch path (for GPU rendering) equals OpenCV's byte for byte."""
+"""io/overlay.py and io/overlay_torch.py: colormaps and blending; the torch path equals OpenCV byte for byte."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from gradcam_cli.config import COLORMAP_NAMES
-from gradcam_cli.io.overlay import blend, blend_bgr, blend_tensor, colorize, colormap_lut
+from gradcam_cli.io.overlay import blend, blend_bgr, colorize, colormap_lut
+from gradcam_cli.io.overlay_torch import blend_tensor
 
 
 @pytest.mark.parametrize("colormap", COLORMAP_NAMES)
