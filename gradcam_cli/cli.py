@@ -113,7 +113,13 @@ def run(
         ),
     ],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (overrides output.dir).")] = None,
-    method: Annotated[str | None, typer.Option(help="CAM method (overrides cam.method).")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="CAM method (overrides cam.method): gradcam, gradcam++, xgradcam, hirescam, gradcam-elementwise, "
+            "layercam, eigencam, eigengradcam, scorecam, ablationcam."
+        ),
+    ] = None,
     target_layer: Annotated[
         str | None, typer.Option(help="Dotted module name(s), comma-separated, or auto (overrides model.target_layer).")
     ] = None,
@@ -328,8 +334,8 @@ def layers(config: ConfigOption) -> None:
 
 @app.command()
 def compare(
-    baseline: Annotated[Path, typer.Argument(help="Output folder of the reference run.")],
-    current: Annotated[Path, typer.Argument(help="Output folder of the run to check.")],
+    baseline: Annotated[Path, typer.Argument(metavar="BASELINE", help="Output folder of the reference run.")],
+    current: Annotated[Path, typer.Argument(metavar="CURRENT", help="Output folder of the run to check.")],
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML file whose compare: section sets thresholds.")
     ] = None,

@@ -448,24 +448,32 @@ def _describe(error: dict[str, Any]) -> str:
     return f"bad value for '{key}'{shown}: {message}"
 
 
-def parse_config(data: Any, base_dir: Path, source: str = "config") -> Config:
-    """Validate a raw mapping (already merged with CLI overrides) into a `Config`."""
+def parse_config(data: Any, base_dir: Path, source: str = "config", overridden: tuple[str, ...] = ()) -> Config:
+    """Validate a raw mapping (already merged with CLI overrides) into a `Config`. A bad value of a key in
+    `overridden` came from the command line, and the message says so instead of blaming the file."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with a 'model' section.")
     try:
         config = Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source)) from None
+        raise ConfigError(_explain(exc, source, overridden)) from None
     return config
 
 
-def _explain(exc: ValidationError, source: str) -> str:
+def _explain(exc: ValidationError, source: str, overridden: tuple[str, ...] = ()) -> str:
     seen: list[str] = []
+    from_options = True
     for error in exc.errors():
         text = _describe(error)
+        key = ".".join(str(part) for part in error["loc"][:2])
+        if key in overridden:
+            text += " (set by a command-line option)"
+        else:
+            from_options = False
         if text not in seen:
             seen.append(text)
-    return f"{source}: " + "; ".join(seen[:5]) + "."
+    where = "command line" if from_options and overridden else source
+    return f"{where}: " + "; ".join(seen[:5]) + "."
 
 
 def load_compare_config(path: Path | None, overrides: dict[str, Any] | None = None) -> CompareConfig:
@@ -547,4 +555,5 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
     data = read_config_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with a 'model' section.")
-    return parse_config(apply_overrides(data, overrides or {}), path.resolve().parent, source=str(path))
+    given = tuple(key for key, value in (overrides or {}).items() if value is not None)
+    return parse_config(apply_overrides(data, overrides or {}), path.resolve().parent, str(path), given)

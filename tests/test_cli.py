@@ -382,3 +382,12 @@ def test_a_truncated_tar_gz_keeps_the_records_of_its_complete_members(config_fil
     by_path = {r["path"]: r for r in _manifest(tmp_path / "out")["images"]}
     assert by_path["images.tar.gz/m0.png"]["status"] == "ok"
     assert by_path["images.tar.gz"]["error"]["type"] == "ArchiveError"
+
+
+def test_help_texts_name_the_choices() -> None:
+    from gradcam_cli.config import METHOD_NAMES
+
+    run_help = runner.invoke(app, ["run", "--help"]).output.replace("\n", " ")
+    for method in METHOD_NAMES:
+        assert method in run_help, f"--method help does not list {method}"
+    assert "BASELINE" in runner.invoke(app, ["compare", "--help"]).output

@@ -156,3 +156,12 @@ def test_a_yaml_syntax_error_keeps_its_lines_and_caret(tmp_path: Path) -> None:
     lines = str(caught.value).splitlines()
     assert len(lines) > 2 and any(line.strip() == "^" for line in lines)
     assert any(str(bad) in line and "line" in line for line in lines)
+
+
+def test_a_bad_option_value_blames_the_command_line_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {torchvision: resnet18}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {"runtime.batch_size": 0})
+    message = str(caught.value)
+    assert message.startswith("command line: bad value for 'runtime.batch_size'") and str(path) not in message

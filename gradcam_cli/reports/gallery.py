@@ -192,7 +192,12 @@ def report_data(out_dir: Path, manifest: dict[str, Any], thumbnails: dict[str, s
 def _summary(manifest: dict[str, Any], data: dict[str, Any]) -> dict[str, int]:
     summary = manifest.get("summary")
     if isinstance(summary, dict) and all(isinstance(summary.get(k), int) for k in ("total", "ok", "failed")):
-        return {k: summary.get(k, 0) for k in ("total", "ok", "failed", "skipped")}
+        run = manifest.get("run") if isinstance(manifest.get("run"), dict) else {}
+        skipped = run.get("skipped", summary.get("skipped", 0))  # older manifests kept it in the summary
+        return {
+            **{k: summary[k] for k in ("total", "ok", "failed")},
+            "skipped": skipped if isinstance(skipped, int) else 0,
+        }
     failed = sum(1 for image in data["images"] if image["status"] == "error")
     total = len(data["images"])
     return {"total": total, "ok": total - failed, "failed": failed, "skipped": 0}
