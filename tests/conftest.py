@@ -155,3 +155,25 @@ def deep_folder(tmp_path: Path) -> Iterator[Callable[[Path, int], Path]]:
         for child in (root / "d", root.parent / "out"):
             if child.exists():
                 remove_tree(child)
+
+
+def gradcam_command(config: Path, inputs: Path, out: Path, *extra: str, entry: tuple[str, ...] = ()) -> list[str]:
+    """`python -m gradcam_cli.cli run -c CONFIG -i INPUTS -o OUT -q ...` for a real process (or `entry`, e.g.
+    ("-c", CODE), instead of the module)."""
+    import sys
+
+    start = [sys.executable, *(entry or ("-m", "gradcam_cli.cli"))]
+    return [*start, "run", "-c", str(config), "-i", str(inputs), "-o", str(out), "-q", *extra]
+
+
+def wait_for_records(out: Path, process: Any, lines: int = 2, seconds: float = 120) -> None:
+    """Until the run in `process` has made `lines` records durable (then a test can interrupt it)."""
+    import time
+
+    deadline = time.time() + seconds
+    records = out / "records.jsonl"
+    while time.time() < deadline and process.poll() is None:
+        if records.exists() and records.read_text().count("\n") >= lines:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run finished or stalled before the test could act")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ASSETS, REPO, random_image
+from tests.conftest import ASSETS, REPO, gradcam_command, random_image
 
 MEASURE = (
     "import resource, sys\n"
@@ -92,19 +92,7 @@ def test_memory_does_not_grow_with_the_batch_size_on_large_photos(tmp_path: Path
                 }
             )
         )
-        command = [
-            sys.executable,
-            "-c",
-            TREE_MEASURE,
-            "run",
-            "-c",
-            str(config),
-            "-i",
-            str(folder),
-            "-o",
-            str(tmp_path / f"o{batch}"),
-            "-q",
-        ]
+        command = gradcam_command(config, folder, tmp_path / f"o{batch}", entry=("-c", TREE_MEASURE))
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
         peaks[batch] = float(done.stdout.split("TREE_PEAK_MB")[1].split()[0])
     print(f"peak RSS of the process tree: {peaks[4]:.0f} MB at batch 4, {peaks[48]:.0f} MB at batch 48")

@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from gradcam_cli.runner.loader import DecodeDataset, collate, normalise
 from gradcam_cli.runner.prepare import prepare
 from gradcam_cli.runner.records import error_record, label_of
 from gradcam_cli.runner.render import RenderJob, render_batch, render_image
-from tests.conftest import REPO, random_image, write_slow_config
+from tests.conftest import REPO, gradcam_command, random_image, wait_for_records, write_slow_config
 
 
 def test_a_batch_becomes_records_in_input_order_and_one_job_per_ok_image(
@@ -115,29 +113,7 @@ def _slow_run(tmp_path: Path, tiny_weights: Path, count: int, size: tuple[int, i
     for i in range(count):
         random_image(folder / f"{i:02d}.png", *size, seed=i)
     config = write_slow_config(tmp_path / "slow.yaml", tiny_weights, batch_size=2, **runtime)
-    return [
-        sys.executable,
-        "-m",
-        "gradcam_cli.cli",
-        "run",
-        "-c",
-        str(config),
-        "-i",
-        str(folder),
-        "-o",
-        str(tmp_path / "out"),
-        "-q",
-    ]
-
-
-def _wait_for_records(out: Path, process: subprocess.Popen, lines: int = 2) -> None:
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        records = out / "records.jsonl"
-        if records.exists() and records.read_text().count("\n") >= lines:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the run finished or stalled before the test could act")
+    return gradcam_command(config, folder, tmp_path / "out")
 
 
 def _all_files_complete(out: Path) -> None:
@@ -151,7 +127,7 @@ def test_a_killed_render_worker_stops_the_run_cleanly(tmp_path: Path, tiny_weigh
     command = _slow_run(tmp_path, tiny_weights, 12, (40, 30), workers=0, render_workers=1)
     out = tmp_path / "out"
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_records(out, process)
+    wait_for_records(out, process)
     workers = _children(process.pid)
     assert workers, "no render worker process found"
     for pid in workers:
@@ -176,7 +152,7 @@ def test_ctrl_c_while_render_workers_are_busy_finishes_the_batch(tmp_path: Path,
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
-    _wait_for_records(out, process)
+    wait_for_records(out, process)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr.decode()[-2000:]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
 from gradcam_cli.runner.lock import OutputLock
-from tests.conftest import REPO, random_image, write_slow_config
+from tests.conftest import REPO, gradcam_command, random_image, wait_for_records, write_slow_config
 
 runner = CliRunner()
 
@@ -259,29 +259,7 @@ def _slow_run(tmp_path: Path, tiny_weights: Path, count: int = 16) -> tuple[list
         random_image(folder / f"{i:02d}.png", 40, 30, seed=i)
     config = write_slow_config(tmp_path / "slow.yaml", tiny_weights, batch_size=2, workers=1)
     out = tmp_path / "out"
-    return [
-        sys.executable,
-        "-m",
-        "gradcam_cli.cli",
-        "run",
-        "-c",
-        str(config),
-        "-i",
-        str(folder),
-        "-o",
-        str(out),
-        "-q",
-    ], out
-
-
-def _wait_for_records(out: Path, process: subprocess.Popen, lines: int = 2) -> None:
-    deadline = time.time() + 120
-    records = out / "records.jsonl"
-    while time.time() < deadline and process.poll() is None:
-        if records.exists() and records.read_text().count("\n") >= lines:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the run finished or stalled before it could be interrupted")
+    return gradcam_command(config, folder, out), out
 
 
 def _assert_complete_exactly_once(out: Path, count: int) -> None:
@@ -299,7 +277,7 @@ def _assert_complete_exactly_once(out: Path, count: int) -> None:
 def test_interrupted_run_loses_nothing_and_resumes(tmp_path: Path, tiny_weights: Path, signum: int, code: int) -> None:
     command, out = _slow_run(tmp_path, tiny_weights)
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_records(out, process)
+    wait_for_records(out, process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr.decode()[-2000:]

@@ -5,12 +5,11 @@ Weights come from a checkpoint file, or from timm's own pretrained download (`we
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from gradcam_cli.config import ModelConfig, did_you_mean
-from gradcam_cli.errors import ConfigError, GradcamWarning, ModelError
-from gradcam_cli.models.built import Built
+from gradcam_cli.errors import ConfigError, ModelError
+from gradcam_cli.models.built import Built, random_init
 from gradcam_cli.models.checkpoints import load_weights_file
 
 INSTALL_HINT = "model.timm needs the optional timm extra: pip install 'gradcam-cli[timm]' (or pip install timm)."
@@ -53,11 +52,5 @@ def build(config: ModelConfig) -> Built:
             "save a state_dict on a machine that has them and set model.weights to its path."
         ) from None
     if config.weights is None:
-        warnings.warn(
-            f"model.weights is not set: timm {config.timm} runs with random weights, so its explanations say "
-            "nothing about a trained model. Set model.weights to pretrained or a checkpoint file.",
-            GradcamWarning,
-            stacklevel=2,
-        )
-        return Built(module, description={"weights": "random-init"})
+        return random_init(module, f"timm {config.timm}", "pretrained or a checkpoint file")
     return Built(module, checkpoint_sha256=load_weights_file(module, config))

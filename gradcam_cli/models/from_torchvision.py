@@ -5,15 +5,14 @@ Named weights come through torch's download cache; offline, the error says which
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradcam_cli.config import ModelConfig, did_you_mean, looks_like_path
-from gradcam_cli.errors import ConfigError, GradcamWarning, ModelError
-from gradcam_cli.models.built import Built
+from gradcam_cli.errors import ConfigError, ModelError
+from gradcam_cli.models.built import Built, random_init
 from gradcam_cli.models.checkpoints import load_state, load_weights_file
 
 
@@ -63,13 +62,7 @@ def build(config: ModelConfig) -> Built:
     except TypeError as exc:
         raise ConfigError(f"model.kwargs for {name}: {exc}.") from None
     if config.weights is None:
-        warnings.warn(
-            f"model.weights is not set: torchvision {name} runs with random weights, so its explanations say "
-            "nothing about a trained model. Set model.weights to DEFAULT (downloaded once) or a checkpoint file.",
-            GradcamWarning,
-            stacklevel=2,
-        )
-        return Built(module, description={"weights": "random-init"})
+        return random_init(module, f"torchvision {name}", "DEFAULT (downloaded once) or a checkpoint file")
     if enum_weights is not None:
         load_state(module, _download_state_dict(enum_weights), str(enum_weights))
         categories = enum_weights.meta.get("categories")
