@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,41 @@ def test_fast_decode_is_part_of_the_config_hash_only_when_on(tmp_path: Path) -> 
     # the hash of a config that leaves fast_decode alone is the one it had before the key existed
     assert off.config_hash() == "588cd891518db14389e850089c6efe10c7e2def02d9e060d5cc6b7d6d70a7524"
     assert on.config_hash() != off.config_hash()
+
+
+def test_only_regular_files_are_read(tmp_path: Path, tiny_config: dict) -> None:
+    """A FIFO named a.jpg blocked open() forever; `b.jpg -> /dev/zero` read past 6 GB: error records now."""
+    import os
+    import subprocess
+
+    from tests.conftest import REPO, gradcam_command, random_image, write_yaml
+
+    folder = tmp_path / "images"
+    random_image(folder / "good.jpg", 40, 30)
+    os.mkfifo(folder / "a.jpg")
+    (folder / "b.jpg").symlink_to("/dev/zero")
+    config = write_yaml(tmp_path / "c.yaml", {**tiny_config, "runtime": {**tiny_config["runtime"], "workers": 1}})
+    done = subprocess.run(
+        gradcam_command(config, folder, tmp_path / "out", "--json"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 1, done.stderr
+    records = {r["path"]: r for r in json.loads((tmp_path / "out" / "manifest.json").read_text())["images"]}
+    assert records["good.jpg"]["status"] == "ok"
+    assert records["a.jpg"]["error"]["type"] == records["b.jpg"]["error"]["type"] == "NotAFile"
+
+
+def test_reads_are_capped_even_when_the_size_lies(tmp_path: Path) -> None:
+    from gradcam_cli.io.decode import ImageReadError
+    from gradcam_cli.io.discovery import ImageSource
+    from gradcam_cli.runner.loader import SourceReader
+
+    path = tmp_path / "big.jpg"
+    path.write_bytes(b"\xff" * 5000)
+    reader = SourceReader(max_bytes=4096)
+    with pytest.raises(ImageReadError, match="max_file_mb"):
+        reader.read(ImageSource(source=str(path), path="big.jpg"))
+    assert SourceReader(max_bytes=8192).read(ImageSource(source=str(path), path="big.jpg")) == b"\xff" * 5000

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 import signal
+import stat
 import zipfile
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,9 +54,14 @@ class DecodedBatch:
 
 class SourceReader:
     """The bytes of a source: a file, a zip member (each archive opened once per process), or the tar
-    member's bytes discovery carried along. Used by the decode workers and, for overlays, the render workers."""
+    member's bytes discovery carried along. Used by the decode workers and, for overlays, the render workers.
 
-    def __init__(self) -> None:
+    Only regular files are read, and never more than `max_bytes`: a FIFO named `a.jpg` would block the open
+    forever, `a.jpg -> /dev/zero` never ends, a sparse 6 GB `video.jpg` would fill memory; each becomes the
+    image's error record instead."""
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
         self._zips: dict[str, zipfile.ZipFile] = {}
 
     def read(self, source: ImageSource) -> bytes:
@@ -63,17 +69,47 @@ class SourceReader:
             return source.data
         try:
             if source.archive is not None and source.member is not None:
-                archive = self._zips.get(source.archive)
-                if archive is None:
-                    archive = self._zips[source.archive] = zipfile.ZipFile(source.archive)
-                return archive.read(source.member)
-            with open(source.source, "rb") as handle:
-                return handle.read()
-        except MemoryError:
+                return self._read_member(source.archive, source.member)
+            return self._read_file(source.source)
+        except (MemoryError, ImageReadError):
             raise
         except Exception as exc:  # noqa: BLE001 - OSError, a corrupt member (zlib.error, BadZipFile), ...: this image's error
             message = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ImageReadError("ReadError", message[:500]) from None
+
+    def _too_large(self, size: int) -> ImageReadError:
+        return ImageReadError(
+            "FileTooLarge", f"{size} bytes is more than input.max_file_mb allows ({self.max_bytes} bytes)"
+        )
+
+    def _read_file(self, path: str) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageReadError("NotAFile", "not a regular file (a FIFO, device or socket): not read")
+            if self.max_bytes is not None and info.st_size > self.max_bytes:
+                raise self._too_large(info.st_size)
+            return self._capped(handle)
+
+    def _read_member(self, archive_path: str, member: str) -> bytes:
+        archive = self._zips.get(archive_path)
+        if archive is None:
+            archive = self._zips[archive_path] = zipfile.ZipFile(archive_path)
+        info = archive.getinfo(member)
+        if self.max_bytes is not None and info.file_size > self.max_bytes:
+            raise self._too_large(info.file_size)
+        with archive.open(info) as handle:
+            return self._capped(handle)
+
+    def _capped(self, handle: Any) -> bytes:
+        """Read it all, or fail as soon as it passes `max_bytes` (a header that lies cannot get past it)."""
+        if self.max_bytes is None:
+            return handle.read()
+        data = handle.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
+            raise self._too_large(len(data))
+        return data
 
 
 class DecodeDataset(Dataset):
@@ -88,7 +124,8 @@ class DecodeDataset(Dataset):
         self.pad_rgb = tuple(int(round(m * 255)) for m in preprocess.mean)
         self.max_pixels = inputs.max_pixels
         self.fast_decode = preprocess.fast_decode
-        self.reader = SourceReader()
+        max_file_mb = getattr(inputs, "max_file_mb", None)  # input.max_file_mb
+        self.reader = SourceReader(int(max_file_mb * 2**20) if max_file_mb else None)
 
     def __getitem__(self, source: ImageSource) -> DecodedItem:  # type: ignore[override]
         if source.error is not None:
