@@ -299,7 +299,8 @@ def layers(config: ConfigOption) -> None:
     try:
         import torch
 
-        from gradcam_cli.models import auto_layer, load_model, trace_layers
+        from gradcam_cli.models.layers import auto_layer, trace_layers
+        from gradcam_cli.models.loading import load_model
         from gradcam_cli.models.sources import with_source_defaults
 
         cfg = with_source_defaults(load_config(config))

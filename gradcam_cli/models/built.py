@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from gradcam_cli.errors import GradcamWarning
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass

@@ -6,33 +6,43 @@ entry below. Optional libraries (timm, onnx) are imported by their builders, whe
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import gradcam_cli.models.from_factory as from_factory
-import gradcam_cli.models.from_onnx as from_onnx
-import gradcam_cli.models.from_timm as from_timm
-import gradcam_cli.models.from_torchvision as from_torchvision
 from gradcam_cli.config import MODEL_SOURCES, Config, ModelConfig
 from gradcam_cli.models.built import Built
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    build: Callable[[ModelConfig], Built]  # the module with its weights in
-    preprocessing: Callable[[ModelConfig], dict[str, Any]] | None = None  # size/mean/std from the source's metadata
+    """A source's module (imported when the source is used, so that reading the registry, and resuming a
+    finished run, import no torch), its builder and its metadata preprocessing."""
+
+    module: str  # gradcam_cli.models.from_...
+    builder: str = "build"  # (ModelConfig) -> Built: the module with its weights in
+    has_preprocessing: bool = False  # module.preprocessing(ModelConfig) -> {size, mean, std} from metadata
     # Whether that preprocessing fills the config's unset preprocess keys when a config is loaded (timm and
     # ONNX); torchvision's is offered by `gradcam init`, which writes it into the config it makes.
     fills_defaults: bool = False
 
+    def build(self, config: ModelConfig) -> Built:
+        return getattr(importlib.import_module(self.module), self.builder)(config)
+
+    def preprocessing(self, config: ModelConfig) -> dict[str, Any]:
+        if not self.has_preprocessing:
+            return {}
+        found: Callable[[ModelConfig], dict[str, Any]] = importlib.import_module(self.module).preprocessing
+        return found(config)
+
 
 SOURCES: dict[str, ModelSource] = {
-    "torchvision": ModelSource(from_torchvision.build, from_torchvision.preprocessing),
-    "timm": ModelSource(from_timm.build, from_timm.preprocessing, fills_defaults=True),
-    "factory": ModelSource(from_factory.build),
-    "pickled": ModelSource(from_factory.build_pickled),
-    "onnx": ModelSource(from_onnx.build, from_onnx.preprocessing, fills_defaults=True),
+    "torchvision": ModelSource("gradcam_cli.models.from_torchvision", has_preprocessing=True),
+    "timm": ModelSource("gradcam_cli.models.from_timm", has_preprocessing=True, fills_defaults=True),
+    "factory": ModelSource("gradcam_cli.models.from_factory"),
+    "pickled": ModelSource("gradcam_cli.models.from_factory", builder="build_pickled"),
+    "onnx": ModelSource("gradcam_cli.models.from_onnx", has_preprocessing=True, fills_defaults=True),
 }
 assert tuple(SOURCES) == MODEL_SOURCES, "config.MODEL_SOURCES and the registry must name the same sources"
 
@@ -46,7 +56,7 @@ def with_source_defaults(config: Config) -> Config:
     """Preprocessing the model source knows (timm's pretrained config, an ONNX graph's fixed input size)
     for the preprocess keys the config leaves unset; keys set in the config win."""
     source = SOURCES[config.model.source]
-    if not source.fills_defaults or source.preprocessing is None:
+    if not source.fills_defaults:
         return config
     chosen = config.preprocess.model_fields_set
     update = {key: value for key, value in source.preprocessing(config.model).items() if key not in chosen}

@@ -16,14 +16,9 @@ from gradcam_cli.config import Config, did_you_mean
 from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
 from gradcam_cli.engine.layouts import describe_layout
 from gradcam_cli.errors import ConfigError, GradcamWarning
-from gradcam_cli.models import (
-    LoadedModel,
-    fuse_conv_batchnorm,
-    load_model,
-    resolve_target_layers,
-    score_reader,
-    trace_layers,
-)
+from gradcam_cli.models.batchnorm import fuse_conv_batchnorm
+from gradcam_cli.models.layers import resolve_target_layers, score_reader, trace_layers
+from gradcam_cli.models.loading import LoadedModel, load_model
 
 
 def resolve_device(name: str) -> torch.device:
