@@ -227,6 +227,32 @@ def test_dry_run_loads_no_model(config_file, image_folder: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+def test_a_rerun_with_nothing_new_imports_no_torch(config_file, image_folder: Path, tmp_path: Path) -> None:
+    """The nightly cron over an unchanged archive: lock, config and what is left are checked first; with
+    nothing to do it rewrites the manifest and exits 0 without importing torch or building the model."""
+    config = str(config_file())
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    before = manifest(tmp_path / "out")
+    args = ["run", "-c", config, "-i", str(image_folder), "--json"]
+    code = (
+        "import sys; from typer.testing import CliRunner; from gradcam_cli.cli import app; "
+        f"r = CliRunner().invoke(app, {args!r}); "
+        "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch imported'; "
+        "print(r.stdout.splitlines()[-1]); print(r.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.splitlines()[0])
+    assert summary["nothing_new"] and summary["skipped"] == 3 and summary["folder"]["total"] == 3
+    assert "Nothing new: all 3 images were already done" in done.stdout
+    after = manifest(tmp_path / "out")
+    assert after["images"] == before["images"] and after["summary"] == before["summary"]
+    assert after["run"]["skipped"] == 3 and after["model"] == before["model"]
+    (image_folder / "new.png").write_bytes((image_folder / "a.png").read_bytes())  # something new: the usual way
+    again = gradcam("run", "-c", config, "-i", str(image_folder), "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["ok"] == 1
+
+
 def test_event_log_and_json_summary(config_file, image_folder: Path, tmp_path: Path) -> None:
     (image_folder / "broken.jpg").write_bytes(b"\xff\xd8 nope")
     log = tmp_path / "events.jsonl"
