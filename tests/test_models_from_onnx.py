@@ -210,7 +210,8 @@ def test_library_warnings_reach_the_user_through_the_cli_only(tmp_path: Path, im
     log = tmp_path / "events.jsonl"
     shown = runner.invoke(app, ["run", "-c", str(config), "-i", str(images), "--no-resume"])
     assert shown.exit_code == 0 and "gradcam: warning: the ONNX graph has a fixed batch size" in shown.stderr
-    quiet = runner.invoke(app, ["run", "-c", str(config), "-i", str(images), "-q", "--log-file", str(log)])
+    command = ["run", "-c", str(config), "-i", str(images), "-q", "--no-resume", "--log-file", str(log)]
+    quiet = runner.invoke(app, command)
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr, quiet.stderr
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert any(e["event"] == "warning" and "fixed batch size" in e["message"] for e in events)

@@ -221,7 +221,7 @@ def test_a_folder_created_while_the_model_loads_is_still_locked(
     config_file, image_folder: Path, tmp_path: Path, monkeypatch, shard: str | None
 ) -> None:
     """Array jobs start together on a new folder: a sibling may create it while this run loads its model."""
-    import gradcam_cli.runner.run as pipeline
+    import gradcam_cli.runner.prepare as pipeline  # run() imports prepare when it needs a model
     from gradcam_cli.runner.shards import Shard
 
     out = tmp_path / "out"

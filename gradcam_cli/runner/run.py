@@ -160,6 +160,7 @@ def _nothing_to_do(
     if next(todo, None) is not None:
         return None
     summary.complete = walked_all()
+    remove_stale_temp_files(out_dir)  # a plain run holding the folder lock, as _prepare_output would
     summary.seconds = time.perf_counter() - clock
     events.emit(
         "run_started",
