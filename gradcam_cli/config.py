@@ -365,10 +365,13 @@ class Config(_Strict):
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
     def config_hash(self) -> str:
-        """Hash of what determines the heatmaps (model, weights, layer, preprocessing, method, targets).
+        """Hash of the config's text (model, weights, layer, preprocessing, method, targets), paths included.
 
-        Keys added since a folder's first release count only when set away from their default, so the
-        hash of every config that leaves them alone stays what it was (HASHED_WHEN_SET)."""
+        Not a run's identity: a run is identified by content (io/identity.py: the checkpoint's bytes, not
+        its path), and run.json and the manifest record that identity's hash as their `config_hash`. This
+        text hash is what earlier releases recorded there (their folders are migrated from it, see
+        runner/resume.py). Keys added since a folder's first release count only when set away from their
+        default, so the hash of every config that leaves them alone stays what it was (HASHED_WHEN_SET)."""
         effective = {}
         for section in ("model", "preprocess", "cam"):
             values = getattr(self, section).model_dump(mode="json")

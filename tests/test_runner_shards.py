@@ -246,6 +246,7 @@ def test_a_folder_created_while_the_model_loads_is_still_locked(
 
 def test_a_sibling_with_another_config_is_refused_before_its_first_batch(config_file, tmp_path: Path) -> None:
     from gradcam_cli.config import load_config
+    from gradcam_cli.io.identity import run_identity
     from gradcam_cli.runner.resume import claim_run_info
 
     out = tmp_path / "out"
@@ -255,7 +256,7 @@ def test_a_sibling_with_another_config_is_refused_before_its_first_batch(config_
     claim_run_info(out, first, out / "records.shard-0-of-2.jsonl")  # shard 0 starts; no record written yet
     with pytest.raises(ConfigError, match="cam.method"):
         claim_run_info(out, other, out / "records.shard-1-of-2.jsonl")
-    assert json.loads((out / "run.json").read_text())["config_hash"] == first.config_hash()
+    assert json.loads((out / "run.json").read_text())["config_hash"] == run_identity(first).hash
 
 
 def test_merge_writes_the_report_when_the_config_asks(config_file, image_folder: Path, tmp_path: Path) -> None:

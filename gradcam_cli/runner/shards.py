@@ -31,7 +31,7 @@ from typing import Any
 
 from gradcam_cli.errors import ConfigError, GradcamError
 from gradcam_cli.io.files import atomic_write_bytes
-from gradcam_cli.io.manifest import RECORDS_NAME, latest_records, read_run_info, write_manifest
+from gradcam_cli.io.manifest import RECORDS_NAME, identity_fields, latest_records, read_run_info, write_manifest
 from gradcam_cli.runner.lock import OutputLock
 
 RECORDS_PATTERN = re.compile(r"^records\.shard-(\d+)-of-(\d+)\.jsonl$")
@@ -131,12 +131,16 @@ def clear_marker(out_dir: Path, shard: Shard) -> None:
 def write_marker(
     out_dir: Path, shard: Shard, config_hash: str, header: dict[str, Any], summary: dict[str, Any]
 ) -> None:
-    """The shard went through all of its images: say so, with what the merge needs (no model load)."""
+    """The shard went through all of its images: say so, with what the merge needs (no model load).
+
+    The marker carries the folder's identity hash (run.json's `config_hash`, which this shard claimed when it
+    started) when run.json records one, else `config_hash`."""
+    fields = identity_fields(out_dir)
     marker = {
         "shard": shard.index,
         "count": shard.count,
-        "config_hash": config_hash,
-        "header": header,
+        "config_hash": fields.get("config_hash", config_hash),
+        "header": dict(header, **fields),
         "summary": summary,
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
