@@ -147,7 +147,8 @@ def run(
     shard: Annotated[
         str | None,
         typer.Option(
-            help="K/N: process shard K (0-based) of N, e.g. $SLURM_ARRAY_TASK_ID/8; the last shard merges the manifest."
+            help="K/N: process shard K of N, counted from 1 (1/8 .. 8/8; from a Slurm array "
+            "$((SLURM_ARRAY_TASK_ID + 1))/8); the last shard merges the manifest."
         ),
     ] = None,
     engine: Annotated[str, typer.Option(help="local, or ray (a Ray cluster; extra: gradcam-cli[ray]).")] = "local",
