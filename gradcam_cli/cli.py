@@ -158,6 +158,10 @@ def run(
     ray_actors: Annotated[
         int | None, typer.Option(min=1, help="Model-holding Ray actors (default: one per GPU of the cluster, or 1).")
     ] = None,
+    relative_to: Annotated[
+        Path | None,
+        typer.Option(help="With -i -: name the stdin paths below DIR relative to it, as -i DIR would (default: cwd)."),
+    ] = None,
 ) -> None:
     """Explain every image of the inputs; write heatmaps, overlays, records.jsonl and manifest.json.
 
@@ -201,11 +205,16 @@ def run(
         overrides.setdefault("cam.targets", "topk")
     try:
         cfg = load_config(config, overrides)
+        from gradcam_cli.io.discovery import check_relative_to
+
+        check_relative_to(relative_to, inputs)
         if dry_run:
             from gradcam_cli.io.discovery import check_inputs
             from gradcam_cli.runner.todo import dry_run as plan_run
 
-            counts = plan_run(cfg, check_inputs(inputs), sys.stdin, not no_resume, limit, typer.echo, picked)
+            counts = plan_run(
+                cfg, check_inputs(inputs), sys.stdin, not no_resume, limit, typer.echo, picked, relative_to
+            )
             others = f", {counts['other_shards']} in other shards" if picked else ""
             typer.echo(
                 f"{counts['process']} to process, {counts['skip']} already done, {counts['ignore']} ignored{others}",
@@ -234,6 +243,7 @@ def run(
                         backend=engine,
                         ray_address=ray_address,
                         ray_actors=ray_actors,
+                        relative_to=relative_to,
                     ),
                 )
         except GradcamError:

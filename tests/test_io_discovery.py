@@ -46,6 +46,37 @@ def test_stdin_paths_are_safe_and_unique(tmp_path: Path, monkeypatch: pytest.Mon
     assert all(".." not in p.split("/") and not p.startswith("/") for p in paths)
 
 
+def test_stdin_paths_relative_to_a_folder_are_named_as_its_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _touch(tmp_path, "data/archive/a.jpg", "data/archive/sub/b.png", "elsewhere/c.jpg")
+    archive = tmp_path / "data" / "archive"
+    monkeypatch.chdir(tmp_path)
+    walked = list(discover([str(archive)], EXTS))
+    listing = "".join(f"{s.source}\n" for s in walked)  # what `find /data/archive -type f` prints
+    assert [s.path for s in discover(["-"], EXTS, stdin=io.StringIO(listing))] == [
+        "data/archive/a.jpg",
+        "data/archive/sub/b.png",
+    ]  # without --relative-to: relative to the working directory, as before
+    named = list(discover(["-"], EXTS, stdin=io.StringIO(listing), relative_to=archive))
+    assert [(s.path, s.source, s.file_size) for s in named] == [(s.path, s.source, s.file_size) for s in walked]
+    os.symlink(archive, tmp_path / "link")  # the same folder through a symlink
+    through_link = io.StringIO("link/a.jpg\nelsewhere/c.jpg\n")
+    paths = [s.path for s in discover(["-"], EXTS, stdin=through_link, relative_to=archive)]
+    assert paths == ["a.jpg", "elsewhere/c.jpg"]  # a path outside the folder keeps the default name
+
+
+def test_relative_to_needs_stdin_and_a_folder(tmp_path: Path) -> None:
+    from gradcam_cli.io.discovery import check_relative_to
+
+    check_relative_to(None, [str(tmp_path)])
+    check_relative_to(tmp_path, ["-"])
+    with pytest.raises(InputError, match="needs|stdin"):
+        check_relative_to(tmp_path, [str(tmp_path)])
+    with pytest.raises(InputError, match="not a folder"):
+        check_relative_to(tmp_path / "missing", ["-"])
+
+
 def test_symlink_loops_terminate(tmp_path: Path) -> None:
     _touch(tmp_path, "a/x.jpg")
     os.symlink(tmp_path / "a", tmp_path / "a" / "loop")

@@ -2,8 +2,9 @@
 
 An input is a folder (walked recursively in sorted order, hidden entries skipped), a single image file,
 a `.zip`, `.tar`, `.tar.gz`/`.tgz` archive (read member by member, never unpacked to disk), or "-"
-(newline-separated paths on stdin). Every source gets a record `path` (POSIX, relative to its input
-root) that is safe to join under the output folder: no absolute names, no `..`.
+(newline-separated paths on stdin, named relative to `--relative-to DIR` or the working directory). Every
+source gets a record `path` (POSIX, relative to its input root) that is safe to join under the output
+folder: no absolute names, no `..`.
 """
 
 from __future__ import annotations
@@ -297,16 +298,46 @@ def _tar_members(archive: Path, filters: Filters, ignored: Ignored | None) -> It
             yield ImageSource(**common, file_size=info.size, mtime_ns=int(info.mtime * 1e9), data=data)
 
 
-def _stdin_sources(stream: TextIO) -> Iterator[tuple[str, str]]:
+def _below(path: str, root: str) -> str | None:
+    """`path` relative to `root` when it lies below it (both absolute), else None."""
+    relative = os.path.relpath(path, root)
+    return None if relative in (".", "..") or relative.startswith("../") else relative
+
+
+def _stdin_sources(stream: TextIO, relative_to: str | None = None) -> Iterator[tuple[str, str]]:
+    """(absolute path, record path) per line: relative to `relative_to` (--relative-to) when the path lies
+    below it, as `-i DIR` would name it; otherwise relative to the working directory when below it, else the
+    absolute path without its leading `/`."""
     cwd = os.getcwd()
+    root = os.path.abspath(relative_to) if relative_to is not None else None
     for line in stream:
         text = line.strip()
         if not text:
             continue
         absolute = os.path.abspath(text)
-        relative = os.path.relpath(absolute, cwd)
-        shown = relative if not relative.startswith("..") else absolute.lstrip("/")
+        shown = None
+        if root is not None:  # the same folder reached through a symlink counts too
+            shown = _below(absolute, root) or _below(os.path.realpath(absolute), os.path.realpath(root))
+        if shown is None:
+            relative = os.path.relpath(absolute, cwd)
+            shown = relative if not relative.startswith("..") else absolute.lstrip("/")
         yield absolute, safe_relpath(shown)
+
+
+def check_relative_to(relative_to: str | os.PathLike[str] | None, inputs: Iterable[str]) -> None:
+    """`--relative-to DIR` names the paths read from stdin: it needs `-i -` and an existing folder (exit 2)."""
+    if relative_to is None:
+        return
+    if STDIN not in list(inputs):
+        raise InputError(
+            f"--relative-to {relative_to} names the paths read from stdin, and no --input is '-': a folder input is "
+            "already named relative to itself. Drop --relative-to, or pass -i - with the paths on stdin."
+        )
+    if not os.path.isdir(relative_to):
+        raise InputError(
+            f"--relative-to {relative_to} is not a folder: give the folder the paths on stdin lie below "
+            "(e.g. the folder you ran `find` on)."
+        )
 
 
 def _file_source(source: str, path: str) -> ImageSource:
@@ -323,10 +354,12 @@ def discover(
     stdin: TextIO | None = None,
     exclude: Path | None = None,
     ignored: Ignored | None = None,
+    relative_to: str | os.PathLike[str] | None = None,
 ) -> Iterator[ImageSource]:
     """Yield every image source of the inputs in order; paths are unique within one run.
 
-    `exclude` (the output folder) is never walked into; `ignored` is told about skipped files.
+    `exclude` (the output folder) is never walked into; `ignored` is told about skipped files; paths on
+    stdin below `relative_to` (--relative-to) are named relative to it, as a walk of that folder names them.
     """
     filters = extensions if isinstance(extensions, Filters) else Filters(tuple(extensions))
     labels = _root_labels(inputs)
@@ -335,7 +368,8 @@ def discover(
         prefix = labels.get(index)
         sources: Iterable[ImageSource]
         if item == STDIN:
-            sources = (_file_source(src, rel) for src, rel in _stdin_sources(stdin or sys.stdin))
+            root = os.fspath(relative_to) if relative_to is not None else None
+            sources = (_file_source(src, rel) for src, rel in _stdin_sources(stdin or sys.stdin, root))
         elif os.path.isdir(item):
             root = Path(item).resolve()
             sources = (
