@@ -89,6 +89,30 @@ def test_output_folder_inside_input_is_not_read(tmp_path: Path) -> None:
     assert paths == ["x.jpg"]
 
 
+def test_other_gradcam_output_folders_inside_an_input_are_not_read(tmp_path: Path) -> None:
+    import json
+
+    from gradcam_cli.io import manifest
+
+    _touch(tmp_path, "x.jpg", "old-out/heatmaps/x.jpg.png", "older/overlays/x.jpg.jpg", "app/y.jpg", "notes/z.jpg")
+    (tmp_path / "old-out" / "run.json").write_text(json.dumps({"config_hash": "ab" * 32, "config": {}}))
+    (tmp_path / "older" / "manifest.json").write_text(
+        json.dumps({"tool": {"name": "gradcam-cli", "version": "0.1.0"}, "images": []}, indent=2)
+    )
+    (tmp_path / "app" / "manifest.json").write_text(json.dumps({"name": "a web app", "icons": []}))  # not ours
+    (tmp_path / "notes" / "run.json").write_text(json.dumps({"steps": 3}))
+    ignored: list[tuple[str, str]] = []
+    paths = [s.path for s in discover([str(tmp_path)], EXTS, ignored=lambda p, why: ignored.append((p, why)))]
+    assert paths == ["app/y.jpg", "notes/z.jpg", "x.jpg"]
+    assert [(p, why) for p, why in ignored if "gradcam" in why] == [
+        ("old-out", "a gradcam output folder, by its run.json"),
+        ("older", "a gradcam output folder, by its manifest.json"),
+    ]
+    from gradcam_cli.io import discovery
+
+    assert (discovery.RUN_INFO_FILE, discovery.MANIFEST_FILE) == (manifest.RUN_NAME, manifest.MANIFEST_NAME)
+
+
 def test_check_inputs(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         check_inputs([str(tmp_path / "missing")])

@@ -218,6 +218,19 @@ def test_include_exclude_and_dry_run(config_file, image_folder: Path, tmp_path: 
     assert "skip     a.png  (done)" in again.stdout
 
 
+def test_an_earlier_output_folder_inside_the_input_is_not_explained(
+    config_file, image_folder: Path, tmp_path: Path
+) -> None:
+    config = str(config_file())
+    earlier = image_folder / "gradcam-out"  # left by an earlier run with another -o
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-o", str(earlier), "-q").exit_code == 0
+    dry = gradcam("run", "-c", config, "-i", str(image_folder), "--dry-run")
+    assert dry.exit_code == 0 and "ignore   gradcam-out  (a gradcam output folder, by its run.json)" in dry.stdout
+    assert "heatmaps" not in dry.stdout
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    assert [r["path"] for r in manifest(tmp_path / "out")["images"]] == ["a.jpg", "a.png", "sub/b.png"]
+
+
 def test_dry_run_loads_no_model(config_file, image_folder: Path) -> None:
     args = ["run", "-c", str(config_file()), "-i", str(image_folder), "--dry-run"]
     code = (

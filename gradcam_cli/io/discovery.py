@@ -10,7 +10,9 @@ folder: no absolute names, no `..`.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import re
 import stat
 import sys
 import tarfile
@@ -153,6 +155,34 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (info.st_dev, info.st_ino)
 
 
+RUN_INFO_FILE, MANIFEST_FILE = "run.json", "manifest.json"  # io/manifest.py's names (kept in step by a test)
+_OUR_MANIFEST = re.compile(rb'"tool"\s*:\s*\{\s*"name"\s*:\s*"gradcam-cli"')
+MARKER_READ_LIMIT = 1 << 20  # a header's worth: our run.json and the manifest's `tool` come early
+
+
+def gradcam_run_marker(folder: Path, names: set[str]) -> str | None:
+    """Which of our files makes `folder` a gradcam output folder, or None: a run.json with `config_hash`
+    and `config`, or a manifest.json whose `tool.name` is gradcam-cli (files of other tools by these names
+    do not count). `names` are the folder's entries (already listed by the walk)."""
+    if RUN_INFO_FILE in names:
+        try:
+            with open(folder / RUN_INFO_FILE, "rb") as handle:
+                info = json.loads(handle.read(MARKER_READ_LIMIT))
+        except (OSError, ValueError):
+            info = None
+        if isinstance(info, dict) and "config_hash" in info and "config" in info:
+            return RUN_INFO_FILE
+    if MANIFEST_FILE in names:
+        try:
+            with open(folder / MANIFEST_FILE, "rb") as handle:
+                head = handle.read(MARKER_READ_LIMIT)
+        except OSError:
+            return None
+        if _OUR_MANIFEST.search(head):
+            return MANIFEST_FILE
+    return None
+
+
 def _walk(
     root: Path, base: Path, filters: Filters, chain: set[tuple[int, int]], exclude: Path | None, ignored: Ignored | None
 ) -> Iterator[tuple[Path, os.stat_result | None]]:
@@ -177,6 +207,14 @@ def _walk(
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError:
             return
+        if stack:  # below the input root: another run's output folder (an earlier -o) holds no inputs
+            marker = gradcam_run_marker(folder, {entry.name for entry in entries})
+            if marker is not None:
+                if ignored:
+                    ignored(
+                        printable_path(folder.relative_to(base).as_posix()), f"a gradcam output folder, by its {marker}"
+                    )
+                return
         chain.add(identity)
         stack.append((identity, iter(entries)))
 
