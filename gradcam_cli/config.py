@@ -325,6 +325,12 @@ class InputConfig(_Strict):
         description="file extensions treated as images (case-insensitive)",
     )
     max_pixels: int = Field(89_478_485, ge=1, description="larger images become error records (bomb guard)")
+    max_file_mb: float = Field(
+        1024,
+        gt=0,
+        description="files and archive members larger than this many MiB become error records (FileTooLarge), "
+        "decided from their size before any byte is read",
+    )
     include: tuple[str, ...] = Field((), description="glob patterns on the relative path; empty: everything")
     exclude: tuple[str, ...] = Field((), description="glob patterns on the relative path to leave out")
     follow_symlinks: bool = Field(True, description="follow symlinked files and folders (loops are detected)")

@@ -156,3 +156,11 @@ def test_a_yaml_syntax_error_keeps_its_lines_and_caret(tmp_path: Path) -> None:
     lines = str(caught.value).splitlines()
     assert len(lines) > 2 and any(line.strip() == "^" for line in lines)
     assert any(str(bad) in line and "line" in line for line in lines)
+
+
+def test_max_file_mb(tmp_path: Path) -> None:
+    model = {"torchvision": "resnet18"}
+    assert parse_config({"model": model}, tmp_path).input.max_file_mb == 1024
+    assert parse_config({"model": model, "input": {"max_file_mb": 0.5}}, tmp_path).input.max_file_mb == 0.5
+    with pytest.raises(ConfigError, match="input.max_file_mb"):
+        parse_config({"model": model, "input": {"max_file_mb": 0}}, tmp_path)

@@ -113,6 +113,52 @@ def test_other_gradcam_output_folders_inside_an_input_are_not_read(tmp_path: Pat
     assert (discovery.RUN_INFO_FILE, discovery.MANIFEST_FILE) == (manifest.RUN_NAME, manifest.MANIFEST_NAME)
 
 
+def test_files_over_max_file_mb_are_errors_decided_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcam_cli.io.discovery import MIB, Filters
+
+    folder = tmp_path / "in"
+    _touch(folder, "small.jpg")
+    (folder / "big.jpg").write_bytes(b"\xff\xd8" + bytes(2 * MIB))
+    big = bytes(2 * MIB)
+    with zipfile.ZipFile(tmp_path / "z.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.png", big)  # stored small, declared 2 MiB
+        archive.writestr("twice.png", big)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("twice.png", big)  # a repeated name is read by discovery: not when too large
+        archive.writestr("small.png", b"x")
+    with tarfile.open(tmp_path / "t.tar.gz", "w:gz") as archive:
+        for name, data in (("big.png", big), ("small.png", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    limit = Filters(EXTS, max_file_bytes=1 * MIB)
+    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(
+        zipfile.ZipFile,
+        "read",
+        lambda self, name, *a: pytest.fail("read") if "twice" in str(name) else real_read(self, name, *a),
+    )
+    stdin = io.StringIO(f"{folder / 'big.jpg'}\n")
+    inputs = [str(folder), str(tmp_path / "z.zip"), str(tmp_path / "t.tar.gz"), str(folder / "big.jpg"), "-"]
+    sources = {s.path: s for s in discover(inputs, limit, stdin=stdin, relative_to=folder)}
+    too_large = sorted(path for path, s in sources.items() if s.error and s.error[0] == "FileTooLarge")
+    assert too_large == [
+        "big.jpg/big.jpg",
+        "in/big.jpg",
+        "stdin/big.jpg",
+        "t.tar.gz/big.png",
+        "z.zip/big.png",
+        "z.zip/twice.png",
+        "z.zip/twice.png~2",
+    ]
+    assert all(sources[path].data is None for path in too_large)  # no member's bytes were read
+    assert "over input.max_file_mb (1 MiB)" in sources["in/big.jpg"].error[1]
+    assert sources["in/small.jpg"].error is None and sources["t.tar.gz/small.png"].data == b"x"
+    assert all(s.error is None for s in discover([str(folder)], Filters(EXTS)))  # no limit: none
+
+
 def test_check_inputs(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         check_inputs([str(tmp_path / "missing")])

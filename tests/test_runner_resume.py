@@ -231,6 +231,15 @@ def test_an_earlier_output_folder_inside_the_input_is_not_explained(
     assert [r["path"] for r in manifest(tmp_path / "out")["images"]] == ["a.jpg", "a.png", "sub/b.png"]
 
 
+def test_files_over_max_file_mb_are_error_records(config_file, image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2 << 20))  # 2 MiB: never read
+    result = gradcam("run", "-c", str(config_file(input={"max_file_mb": 1})), "-i", str(image_folder), "-q")
+    assert result.exit_code == 1, result.output
+    records = {r["path"]: r for r in manifest(tmp_path / "out")["images"]}
+    assert records["huge.png"]["status"] == "error" and records["huge.png"]["error"]["type"] == "FileTooLarge"
+    assert [p for p, r in records.items() if r["status"] == "ok"] == ["a.jpg", "a.png", "sub/b.png"]
+
+
 def test_dry_run_loads_no_model(config_file, image_folder: Path) -> None:
     args = ["run", "-c", str(config_file()), "-i", str(image_folder), "--dry-run"]
     code = (

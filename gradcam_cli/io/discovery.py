@@ -46,14 +46,29 @@ class ImageSource:
     known_sha256: str | None = None  # set by resume: skip the image if its bytes still hash to this
 
 
+MIB = 1 << 20
+
+
 @dataclass(frozen=True)
 class Filters:
-    """What discovery keeps: extensions, include/exclude globs on the relative path, symlinks."""
+    """What discovery keeps: extensions, include/exclude globs on the relative path, symlinks; and the
+    largest file it lets through to be read (`max_file_bytes`, input.max_file_mb)."""
 
     extensions: tuple[str, ...]
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     follow_symlinks: bool = True
+    max_file_bytes: int | None = None
+
+    def too_large(self, size: int | None) -> tuple[str, str] | None:
+        """The error of a file of `size` bytes over the limit (known from its header or stat, before reading)."""
+        if self.max_file_bytes is None or size is None or size <= self.max_file_bytes:
+            return None
+        return (
+            "FileTooLarge",
+            f"{size} bytes ({size / MIB:.1f} MiB) is over input.max_file_mb ({self.max_file_bytes / MIB:g} MiB); "
+            "not read. Raise input.max_file_mb if such files are images to explain",
+        )
 
     def reason_to_ignore(self, rel: str) -> str | None:
         if os.path.splitext(rel)[1].lower() not in self.extensions:
@@ -304,6 +319,8 @@ def _zip_members(archive: Path, filters: Filters, ignored: Ignored | None) -> It
             if rel is None:
                 continue
             is_link = stat.S_ISLNK(info.external_attr >> 16)
+            error = ("ArchiveLink", "symbolic link members are not followed") if is_link else None
+            error = error or filters.too_large(info.file_size)  # the size its header declares
             yield ImageSource(
                 source=source,
                 path=rel,
@@ -312,8 +329,8 @@ def _zip_members(archive: Path, filters: Filters, ignored: Ignored | None) -> It
                 archive=source,
                 member=info.filename,
                 # reading by name gives the last of the members stored under it: read a repeated one here
-                data=handle.read(info) if stored[info.filename] > 1 and not is_link else None,
-                error=("ArchiveLink", "symbolic link members are not followed") if is_link else None,
+                data=handle.read(info) if stored[info.filename] > 1 and error is None else None,
+                error=error,
             )
 
 
@@ -331,9 +348,14 @@ def _tar_members(archive: Path, filters: Filters, ignored: Ignored | None) -> It
                 kind = "link" if (info.issym() or info.islnk()) else "special file"
                 yield ImageSource(**common, error=("ArchiveLink", f"{kind} members are not followed"))
                 continue
+            stamp = {"file_size": info.size, "mtime_ns": int(info.mtime * 1e9)}
+            oversize = filters.too_large(info.size)  # from the member's header: its bytes are never read
+            if oversize is not None:
+                yield ImageSource(**common, **stamp, error=oversize)
+                continue
             extracted = handle.extractfile(info)
             data = extracted.read() if extracted is not None else b""
-            yield ImageSource(**common, file_size=info.size, mtime_ns=int(info.mtime * 1e9), data=data)
+            yield ImageSource(**common, **stamp, data=data)
 
 
 def _below(path: str, root: str) -> str | None:
@@ -378,12 +400,13 @@ def check_relative_to(relative_to: str | os.PathLike[str] | None, inputs: Iterab
         )
 
 
-def _file_source(source: str, path: str) -> ImageSource:
+def _file_source(source: str, path: str, filters: Filters | None = None) -> ImageSource:
     try:
         info = os.stat(source)
-        return ImageSource(source=source, path=path, file_size=info.st_size, mtime_ns=info.st_mtime_ns)
     except OSError:
         return ImageSource(source=source, path=path)
+    error = filters.too_large(info.st_size) if filters is not None else None
+    return ImageSource(source=source, path=path, file_size=info.st_size, mtime_ns=info.st_mtime_ns, error=error)
 
 
 def discover(
@@ -407,7 +430,7 @@ def discover(
         sources: Iterable[ImageSource]
         if item == STDIN:
             root = os.fspath(relative_to) if relative_to is not None else None
-            sources = (_file_source(src, rel) for src, rel in _stdin_sources(stdin or sys.stdin, root))
+            sources = (_file_source(src, rel, filters) for src, rel in _stdin_sources(stdin or sys.stdin, root))
         elif os.path.isdir(item):
             root = Path(item).resolve()
             sources = (
@@ -416,6 +439,7 @@ def discover(
                     path=path.relative_to(root).as_posix(),
                     file_size=info.st_size if info else None,
                     mtime_ns=info.st_mtime_ns if info else None,
+                    error=filters.too_large(info.st_size if info else None),
                 )
                 for path, info in _walk(root, root, filters, set(), exclude, ignored)
             )
@@ -428,7 +452,7 @@ def discover(
             )
             prefix = None
         else:
-            sources = [_file_source(str(Path(item).resolve()), Path(item).name)]
+            sources = [_file_source(str(Path(item).resolve()), Path(item).name, filters)]
         for source in sources:
             path = f"{prefix}/{source.path}" if prefix else source.path
             if item == STDIN:
