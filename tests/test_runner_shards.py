@@ -275,3 +275,31 @@ def test_merge_writes_the_report_when_the_config_asks(config_file, image_folder:
     page.unlink()
     assert gradcam("merge", str(tmp_path / "out")).exit_code == 0
     assert page.is_file() and "sub/b.png" in page.read_text()
+
+
+def test_shards_of_a_previous_release_folder_merge_after_one_is_rerun(
+    config_file, image_folder: Path, tmp_path: Path
+) -> None:
+    """An upgrade between two nights: the shard rerun first migrates run.json; the others' markers, written
+    by the earlier release with its config_hash, still merge."""
+    from gradcam_cli.config import load_config
+
+    out, config = tmp_path / "out", config_file()
+    for k in (1, 2):
+        assert gradcam("run", "-c", str(config), "-i", str(image_folder), "--shard", f"{k}/2", "-q").exit_code == 0
+    old_hash = load_config(config).config_hash()
+    old = {"config_hash": old_hash, "config": json.loads((out / "run.json").read_text())["config"]}
+    (out / "run.json").write_text(json.dumps(old, sort_keys=True, indent=2))  # as gradcam-cli 0.1 wrote it
+    for marker in out.glob("complete.shard-*.json"):
+        data = json.loads(marker.read_text())
+        data["header"].pop("identity")
+        marker.write_text(
+            json.dumps(dict(data, config_hash=old_hash, header=dict(data["header"], config_hash=old_hash)))
+        )
+    (out / "manifest.json").unlink()
+
+    again = gradcam("run", "-c", str(config), "-i", str(image_folder), "--shard", "1/2")
+    assert again.exit_code == 0 and "merged 2 shards" in again.stderr, again.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["migrated_from"] == old_hash and manifest(out)["config_hash"] == info["config_hash"] != old_hash
+    assert manifest(out)["summary"]["total"] == 3

@@ -206,15 +206,19 @@ def write_run_info(
     config: dict[str, Any],
     identity: dict[str, Any] | None = None,
     file_hashes: dict[str, Any] | None = None,
+    migrated_from: str | None = None,
 ) -> None:
     """`run.json`: which run identity produced this folder's results (checked by the next run): its hash
     (`config_hash`), its parts (`identity`), the config, and the sha256 of the files the identity read by
-    (path, size, mtime_ns) (`file_hashes`, so a rerun does not hash an unchanged checkpoint again)."""
+    (path, size, mtime_ns) (`file_hashes`, so a rerun does not hash an unchanged checkpoint again), and for a
+    folder of an earlier release the `config_hash` it recorded (`migrated_from`: its shard markers carry it)."""
     data: dict[str, Any] = {"config_hash": config_hash, "config": config}
     if identity is not None:
         data["identity"] = identity
     if file_hashes is not None:
         data["file_hashes"] = file_hashes
+    if migrated_from is not None:
+        data["migrated_from"] = migrated_from
     text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
     atomic_write_bytes(out_dir / RUN_NAME, text.encode(), durable=True)
 

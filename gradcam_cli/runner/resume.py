@@ -140,12 +140,16 @@ def claim_run_info(out_dir: Path, config: Config, records_path: Path) -> RunIden
         same = info.get("config_hash") == identity.hash and info.get("identity") == identity.parts
         if not same or info.get("file_hashes") != file_hashes:
             kept = info.get("config") if same and isinstance(info.get("config"), dict) else None
+            migrated_from = info.get("migrated_from")
+            if "identity" not in info and isinstance(info.get("config_hash"), str):
+                migrated_from = info["config_hash"]  # an earlier release's folder, accepted just now
             write_run_info(
                 out_dir,
                 identity.hash,
                 kept or config.model_dump(mode="json"),
                 identity=identity.parts,
                 file_hashes=file_hashes,
+                migrated_from=migrated_from if isinstance(migrated_from, str) else None,
             )
         records_path.touch(exist_ok=True)
     return identity

@@ -223,8 +223,10 @@ def plan_merge(out_dir: Path) -> MergePlan:
         absent = [k for k in range(count) if (k, count) not in markers]
         if absent:
             plan.missing[count] = absent
+    # markers of shards that finished before the folder was migrated carry the earlier release's config_hash
+    accepted = {plan.config_hash, info.get("migrated_from") if info else None} - {None}
     plan.mismatched = [
-        shard_label(k, n) for (k, n), marker in sorted(markers.items()) if marker.get("config_hash") != plan.config_hash
+        shard_label(k, n) for (k, n), marker in sorted(markers.items()) if marker.get("config_hash") not in accepted
     ]
     plan.latest, duplicates = latest_records(plan.records_files)
     plan.duplicates = {path: [plan.records_files[i].name for i in files] for path, files in duplicates.items()}
