@@ -65,7 +65,7 @@ def commands(mode: str, config: Path, images: Path, out: Path) -> list[tuple[lis
         # N processes on one host share its cores: each gets cores/N threads (with GPUs: CUDA_VISIBLE_DEVICES=K)
         threads = str(max(1, cores // count))
         return [
-            ([*base, "--shard", f"{k}/{count}"], dict(env, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads))
+            ([*base, "--shard", f"{k + 1}/{count}"], dict(env, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads))
             for k in range(count)
         ]
     actors = int(mode.removeprefix("ray"))

@@ -155,7 +155,8 @@ def run(
     shard: Annotated[
         str | None,
         typer.Option(
-            help="K/N: process shard K (0-based) of N, e.g. $SLURM_ARRAY_TASK_ID/8; the last shard merges the manifest."
+            help="K/N: process shard K of N, counted from 1 (1/8 .. 8/8; from a Slurm array "
+            "$((SLURM_ARRAY_TASK_ID + 1))/8); the last shard merges the manifest."
         ),
     ] = None,
     engine: Annotated[str, typer.Option(help="local, or ray (a Ray cluster; extra: gradcam-cli[ray]).")] = "local",
@@ -164,6 +165,10 @@ def run(
     ] = None,
     ray_actors: Annotated[
         int | None, typer.Option(min=1, help="Model-holding Ray actors (default: one per GPU of the cluster, or 1).")
+    ] = None,
+    relative_to: Annotated[
+        Path | None,
+        typer.Option(help="With -i -: name the stdin paths below DIR relative to it, as -i DIR would (default: cwd)."),
     ] = None,
 ) -> None:
     """Explain every image of the inputs; write heatmaps, overlays, records.jsonl and manifest.json.
@@ -208,11 +213,16 @@ def run(
         overrides.setdefault("cam.targets", "topk")
     try:
         cfg = load_config(config, overrides)
+        from gradcam_cli.io.discovery import check_relative_to
+
+        check_relative_to(relative_to, inputs)
         if dry_run:
             from gradcam_cli.io.discovery import check_inputs
             from gradcam_cli.runner.todo import dry_run as plan_run
 
-            counts = plan_run(cfg, check_inputs(inputs), sys.stdin, not no_resume, limit, typer.echo, picked)
+            counts = plan_run(
+                cfg, check_inputs(inputs), sys.stdin, not no_resume, limit, typer.echo, picked, relative_to
+            )
             others = f", {counts['other_shards']} in other shards" if picked else ""
             typer.echo(
                 f"{counts['process']} to process, {counts['skip']} already done, {counts['ignore']} ignored{others}",
@@ -241,6 +251,7 @@ def run(
                         backend=engine,
                         ray_address=ray_address,
                         ray_actors=ray_actors,
+                        relative_to=relative_to,
                     ),
                 )
         except GradcamError:

@@ -329,6 +329,12 @@ class InputConfig(_Strict):
         description="file extensions treated as images (case-insensitive)",
     )
     max_pixels: int = Field(89_478_485, ge=1, description="larger images become error records (bomb guard)")
+    max_file_mb: float = Field(
+        1024,
+        gt=0,
+        description="files and archive members larger than this many MiB become error records (FileTooLarge), "
+        "decided from their size before any byte is read",
+    )
     include: tuple[str, ...] = Field((), description="glob patterns on the relative path; empty: everything")
     exclude: tuple[str, ...] = Field((), description="glob patterns on the relative path to leave out")
     follow_symlinks: bool = Field(True, description="follow symlinked files and folders (loops are detected)")
@@ -369,10 +375,13 @@ class Config(_Strict):
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
     def config_hash(self) -> str:
-        """Hash of what determines the heatmaps (model, weights, layer, preprocessing, method, targets).
+        """Hash of the config's text (model, weights, layer, preprocessing, method, targets), paths included.
 
-        Keys added since a folder's first release count only when set away from their default, so the
-        hash of every config that leaves them alone stays what it was (HASHED_WHEN_SET)."""
+        Not a run's identity: a run is identified by content (io/identity.py: the checkpoint's bytes, not
+        its path), and run.json and the manifest record that identity's hash as their `config_hash`. This
+        text hash is what earlier releases recorded there (their folders are migrated from it, see
+        runner/resume.py). Keys added since a folder's first release count only when set away from their
+        default, so the hash of every config that leaves them alone stays what it was (HASHED_WHEN_SET)."""
         effective = {}
         for section in ("model", "preprocess", "cam"):
             values = getattr(self, section).model_dump(mode="json")

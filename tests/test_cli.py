@@ -158,6 +158,39 @@ def test_stdin_input(config_file, image_folder: Path, tmp_path: Path) -> None:
     assert [r["source"] for r in manifest["images"]] == [str(image_folder / "a.jpg"), str(image_folder / "sub/b.png")]
 
 
+def test_stdin_paths_relative_to_give_the_records_of_the_folder(
+    config_file, image_folder: Path, tmp_path: Path
+) -> None:
+    listing = "".join(f"{path}\n" for path in sorted(image_folder.rglob("*"), key=lambda p: p.parts) if path.is_file())
+    config = str(config_file())
+    folder = gradcam("run", "-c", config, "-i", str(image_folder), "-o", str(tmp_path / "walked"), "-q")
+    assert folder.exit_code == 0, folder.output
+    piped = gradcam(
+        "run",
+        "-c",
+        config,
+        "-i",
+        "-",
+        "--relative-to",
+        str(image_folder),
+        "-o",
+        str(tmp_path / "piped"),
+        "-q",
+        stdin=listing,
+    )
+    assert piped.exit_code == 0, piped.output
+    walked, named = _manifest(tmp_path / "walked")["images"], _manifest(tmp_path / "piped")["images"]
+    assert [r["path"] for r in named] == [r["path"] for r in walked] == ["a.jpg", "a.png", "sub/b.png"]
+    assert [r["cams"][0]["heatmap"] for r in named] == [r["cams"][0]["heatmap"] for r in walked]
+    dry = gradcam("run", "-c", config, "-i", "-", "--relative-to", str(image_folder), "--dry-run", stdin=listing)
+    assert dry.exit_code == 0 and "process  sub/b.png" in dry.stdout
+    alone = gradcam("run", "-c", config, "-i", str(image_folder), "--relative-to", str(image_folder))
+    assert alone.exit_code == 2 and "--relative-to" in alone.stderr
+    missing = gradcam("run", "-c", config, "-i", "-", "--relative-to", str(tmp_path / "nowhere"), stdin=listing)
+    assert missing.exit_code == 2 and "not a folder" in missing.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_single_file_input_and_overrides(config_file, image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "elsewhere"
     result = gradcam(

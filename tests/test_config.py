@@ -165,3 +165,11 @@ def test_a_bad_option_value_blames_the_command_line_not_the_file(tmp_path: Path)
         load_config(path, {"runtime.batch_size": 0})
     message = str(caught.value)
     assert message.startswith("command line: bad value for 'runtime.batch_size'") and str(path) not in message
+
+
+def test_max_file_mb(tmp_path: Path) -> None:
+    model = {"torchvision": "resnet18"}
+    assert parse_config({"model": model}, tmp_path).input.max_file_mb == 1024
+    assert parse_config({"model": model, "input": {"max_file_mb": 0.5}}, tmp_path).input.max_file_mb == 0.5
+    with pytest.raises(ConfigError, match="input.max_file_mb"):
+        parse_config({"model": model, "input": {"max_file_mb": 0}}, tmp_path)

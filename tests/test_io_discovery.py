@@ -46,6 +46,37 @@ def test_stdin_paths_are_safe_and_unique(tmp_path: Path, monkeypatch: pytest.Mon
     assert all(".." not in p.split("/") and not p.startswith("/") for p in paths)
 
 
+def test_stdin_paths_relative_to_a_folder_are_named_as_its_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _touch(tmp_path, "data/archive/a.jpg", "data/archive/sub/b.png", "elsewhere/c.jpg")
+    archive = tmp_path / "data" / "archive"
+    monkeypatch.chdir(tmp_path)
+    walked = list(discover([str(archive)], EXTS))
+    listing = "".join(f"{s.source}\n" for s in walked)  # what `find /data/archive -type f` prints
+    assert [s.path for s in discover(["-"], EXTS, stdin=io.StringIO(listing))] == [
+        "data/archive/a.jpg",
+        "data/archive/sub/b.png",
+    ]  # without --relative-to: relative to the working directory, as before
+    named = list(discover(["-"], EXTS, stdin=io.StringIO(listing), relative_to=archive))
+    assert [(s.path, s.source, s.file_size) for s in named] == [(s.path, s.source, s.file_size) for s in walked]
+    os.symlink(archive, tmp_path / "link")  # the same folder through a symlink
+    through_link = io.StringIO("link/a.jpg\nelsewhere/c.jpg\n")
+    paths = [s.path for s in discover(["-"], EXTS, stdin=through_link, relative_to=archive)]
+    assert paths == ["a.jpg", "elsewhere/c.jpg"]  # a path outside the folder keeps the default name
+
+
+def test_relative_to_needs_stdin_and_a_folder(tmp_path: Path) -> None:
+    from gradcam_cli.io.discovery import check_relative_to
+
+    check_relative_to(None, [str(tmp_path)])
+    check_relative_to(tmp_path, ["-"])
+    with pytest.raises(InputError, match="needs|stdin"):
+        check_relative_to(tmp_path, [str(tmp_path)])
+    with pytest.raises(InputError, match="not a folder"):
+        check_relative_to(tmp_path / "missing", ["-"])
+
+
 def test_symlink_loops_terminate(tmp_path: Path) -> None:
     _touch(tmp_path, "a/x.jpg")
     os.symlink(tmp_path / "a", tmp_path / "a" / "loop")
@@ -56,6 +87,76 @@ def test_output_folder_inside_input_is_not_read(tmp_path: Path) -> None:
     _touch(tmp_path, "x.jpg", "out/heatmaps/x.jpg.png")
     paths = [s.path for s in discover([str(tmp_path)], EXTS, exclude=(tmp_path / "out").resolve())]
     assert paths == ["x.jpg"]
+
+
+def test_other_gradcam_output_folders_inside_an_input_are_not_read(tmp_path: Path) -> None:
+    import json
+
+    from gradcam_cli.io import manifest
+
+    _touch(tmp_path, "x.jpg", "old-out/heatmaps/x.jpg.png", "older/overlays/x.jpg.jpg", "app/y.jpg", "notes/z.jpg")
+    (tmp_path / "old-out" / "run.json").write_text(json.dumps({"config_hash": "ab" * 32, "config": {}}))
+    (tmp_path / "older" / "manifest.json").write_text(
+        json.dumps({"tool": {"name": "gradcam-cli", "version": "0.1.0"}, "images": []}, indent=2)
+    )
+    (tmp_path / "app" / "manifest.json").write_text(json.dumps({"name": "a web app", "icons": []}))  # not ours
+    (tmp_path / "notes" / "run.json").write_text(json.dumps({"steps": 3}))
+    ignored: list[tuple[str, str]] = []
+    paths = [s.path for s in discover([str(tmp_path)], EXTS, ignored=lambda p, why: ignored.append((p, why)))]
+    assert paths == ["app/y.jpg", "notes/z.jpg", "x.jpg"]
+    assert [(p, why) for p, why in ignored if "gradcam" in why] == [
+        ("old-out", "a gradcam output folder, by its run.json"),
+        ("older", "a gradcam output folder, by its manifest.json"),
+    ]
+    from gradcam_cli.io import discovery
+
+    assert (discovery.RUN_INFO_FILE, discovery.MANIFEST_FILE) == (manifest.RUN_NAME, manifest.MANIFEST_NAME)
+
+
+def test_files_over_max_file_mb_are_errors_decided_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcam_cli.io.discovery import MIB, Filters
+
+    folder = tmp_path / "in"
+    _touch(folder, "small.jpg")
+    (folder / "big.jpg").write_bytes(b"\xff\xd8" + bytes(2 * MIB))
+    big = bytes(2 * MIB)
+    with zipfile.ZipFile(tmp_path / "z.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.png", big)  # stored small, declared 2 MiB
+        archive.writestr("twice.png", big)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("twice.png", big)  # a repeated name is read by discovery: not when too large
+        archive.writestr("small.png", b"x")
+    with tarfile.open(tmp_path / "t.tar.gz", "w:gz") as archive:
+        for name, data in (("big.png", big), ("small.png", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    limit = Filters(EXTS, max_file_bytes=1 * MIB)
+    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(
+        zipfile.ZipFile,
+        "read",
+        lambda self, name, *a: pytest.fail("read") if "twice" in str(name) else real_read(self, name, *a),
+    )
+    stdin = io.StringIO(f"{folder / 'big.jpg'}\n")
+    inputs = [str(folder), str(tmp_path / "z.zip"), str(tmp_path / "t.tar.gz"), str(folder / "big.jpg"), "-"]
+    sources = {s.path: s for s in discover(inputs, limit, stdin=stdin, relative_to=folder)}
+    too_large = sorted(path for path, s in sources.items() if s.error and s.error[0] == "FileTooLarge")
+    assert too_large == [
+        "big.jpg/big.jpg",
+        "in/big.jpg",
+        "stdin/big.jpg",
+        "t.tar.gz/big.png",
+        "z.zip/big.png",
+        "z.zip/twice.png",
+        "z.zip/twice.png~2",
+    ]
+    assert all(sources[path].data is None for path in too_large)  # no member's bytes were read
+    assert "over input.max_file_mb (1 MiB)" in sources["in/big.jpg"].error[1]
+    assert sources["in/small.jpg"].error is None and sources["t.tar.gz/small.png"].data == b"x"
+    assert all(s.error is None for s in discover([str(folder)], Filters(EXTS)))  # no limit: none
 
 
 def test_check_inputs(tmp_path: Path) -> None:

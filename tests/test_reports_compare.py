@@ -414,3 +414,31 @@ def test_control_characters_are_escaped_in_every_report(tmp_path: Path) -> None:
     for report in (text_table(comparison), markdown(comparison), html_page(comparison), junit):
         assert "\x1b" not in report and "\r" not in report and "&#13;" not in report
         assert "x1b" in report and "x0d" in report
+
+
+def test_notes_name_the_parts_of_the_identity_that_differ(tmp_path: Path) -> None:
+    from gradcam_cli.io.identity import identity_hash
+
+    images = {"one.jpg": ("cat", blob((20, 20)))}
+    baseline, current = fake_run(tmp_path / "baseline", images), fake_run(tmp_path / "current", images)
+    parts = {"model.weights": {"sha256": "ab12" * 16}, "cam.method": "gradcam", "runtime.precision": "fp32"}
+
+    def with_identity(folder: Path, identity: dict[str, Any], device: str = "cpu") -> None:
+        data = json.loads((folder / "manifest.json").read_text())
+        data.update(identity=identity, config_hash=identity_hash(identity), device=device)
+        (folder / "manifest.json").write_text(json.dumps(data))
+
+    with_identity(baseline, parts)
+    with_identity(current, parts, device="cuda:0")
+    same = compare_runs(baseline, current, CompareConfig()).notes
+    assert same[0].startswith("the two runs have the same identity")
+    assert same[1] == "device differs: cpu -> cuda:0 (not part of the identity)"
+
+    with_identity(current, dict(parts, **{"model.weights": {"sha256": "cd34" * 16}, "runtime.precision": "bf16"}))
+    notes = compare_runs(baseline, current, CompareConfig()).notes
+    assert notes == [
+        "the weights file's content changed between the runs (sha256 ab12ab12ab12... -> cd34cd34cd34...)",
+        "runtime.precision changed: fp32 -> bf16",
+    ]
+    result = runner.invoke(app, ["compare", str(baseline), str(current)])
+    assert "note: runtime.precision changed: fp32 -> bf16" in result.stdout

@@ -173,7 +173,7 @@ def test_every_overlay_format_works_with_report_compare_and_merge(
 
     runner = CliRunner()
     config = str(config_file(output={"overlay_format": fmt, "overlay_max_side": 32, "report": True}))
-    for shard in ("1/2", "0/2"):  # 0-based shards today; the last one merges
+    for shard in ("2/2", "1/2"):  # shards count from 1; the last one merges
         result = runner.invoke(
             app, ["run", "-c", config, "-i", str(image_folder), "-o", str(tmp_path / "a"), "-q", "--shard", shard]
         )

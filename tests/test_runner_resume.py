@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -217,6 +218,28 @@ def test_include_exclude_and_dry_run(config_file, image_folder: Path, tmp_path: 
     assert "skip     a.png  (done)" in again.stdout
 
 
+def test_an_earlier_output_folder_inside_the_input_is_not_explained(
+    config_file, image_folder: Path, tmp_path: Path
+) -> None:
+    config = str(config_file())
+    earlier = image_folder / "gradcam-out"  # left by an earlier run with another -o
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-o", str(earlier), "-q").exit_code == 0
+    dry = gradcam("run", "-c", config, "-i", str(image_folder), "--dry-run")
+    assert dry.exit_code == 0 and "ignore   gradcam-out  (a gradcam output folder, by its run.json)" in dry.stdout
+    assert "heatmaps" not in dry.stdout
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    assert [r["path"] for r in manifest(tmp_path / "out")["images"]] == ["a.jpg", "a.png", "sub/b.png"]
+
+
+def test_files_over_max_file_mb_are_error_records(config_file, image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2 << 20))  # 2 MiB: never read
+    result = gradcam("run", "-c", str(config_file(input={"max_file_mb": 1})), "-i", str(image_folder), "-q")
+    assert result.exit_code == 1, result.output
+    records = {r["path"]: r for r in manifest(tmp_path / "out")["images"]}
+    assert records["huge.png"]["status"] == "error" and records["huge.png"]["error"]["type"] == "FileTooLarge"
+    assert [p for p, r in records.items() if r["status"] == "ok"] == ["a.jpg", "a.png", "sub/b.png"]
+
+
 def test_dry_run_loads_no_model(config_file, image_folder: Path) -> None:
     args = ["run", "-c", str(config_file()), "-i", str(image_folder), "--dry-run"]
     code = (
@@ -369,3 +392,164 @@ def test_hostile_corpus(config_file, tmp_path: Path) -> None:
     assert all(corpus in p.parents or p.parent == tmp_path for p in outside)
     assert not any(p.name.startswith(("evil", "absolute")) for p in outside)
     assert len(good) == 2
+
+
+def retrain(path: Path, seed: int = 1) -> None:
+    """New weights saved to the same checkpoint path (same size, other bytes)."""
+    import torch
+
+    from tests.assets.tiny_models import TinyCNN
+
+    torch.manual_seed(seed)
+    torch.save(TinyCNN().state_dict(), path)
+
+
+def own_weights(tmp_path: Path, tiny_weights: Path, name: str = "ckpt/net.pt") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tiny_weights.read_bytes())
+    return path
+
+
+def test_a_retrained_checkpoint_at_the_same_path_is_refused(
+    config_file, image_folder: Path, tmp_path: Path, tiny_weights: Path
+) -> None:
+    weights = own_weights(tmp_path, tiny_weights)
+    config = str(config_file(model={"weights": str(weights)}))
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    retrain(weights)
+    after = hashlib.sha256(weights.read_bytes()).hexdigest()
+    refused = gradcam("run", "-c", config, "-i", str(image_folder), "-q")
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.stderr.split())
+    assert f"the weights file's content changed since the last run (sha256 {before[:12]}... -> {after[:12]}...)" in said
+    assert "--overwrite" in said
+    forced = gradcam("run", "-c", config, "-i", str(image_folder), "-q", "--overwrite", "--json")
+    assert forced.exit_code == 0 and json.loads(forced.stdout)["ok"] == 3
+    assert manifest(tmp_path / "out")["identity"]["model.weights"] == {"sha256": after}
+
+
+def test_the_same_files_in_a_second_clone_resume(
+    config_file, image_folder: Path, tmp_path: Path, tiny_weights: Path
+) -> None:
+    first = own_weights(tmp_path, tiny_weights, "clone1/net.pt")
+    (tmp_path / "clone1" / "labels.txt").write_text("cat\ndog\nbird\n")
+    second = own_weights(tmp_path, tiny_weights, "clone2/net.pt")
+    (tmp_path / "clone2" / "labels.txt").write_text("cat\ndog\nbird\n")
+    one = str(config_file(model={"weights": str(first), "labels": str(tmp_path / "clone1" / "labels.txt")}))
+    assert gradcam("run", "-c", one, "-i", str(image_folder), "-q").exit_code == 0
+    two = str(config_file(model={"weights": str(second), "labels": str(tmp_path / "clone2" / "labels.txt")}))
+    again = gradcam("run", "-c", two, "-i", str(image_folder), "-q", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["skipped"] == 3
+
+
+def test_precision_is_part_of_the_identity_batch_size_and_outputs_are_not(
+    config_file, image_folder: Path, tmp_path: Path
+) -> None:
+    assert gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q").exit_code == 0
+    other = str(config_file(runtime={"batch_size": 2, "workers": 1}, output={"colormap": "turbo"}))
+    again = gradcam("run", "-c", other, "-i", str(image_folder), "-q", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 3
+    refused = gradcam("run", "-c", str(config_file()), "-i", str(image_folder), "-q", "--precision", "bf16")
+    assert refused.exit_code == 2 and "runtime.precision changed: fp32 -> bf16" in " ".join(refused.stderr.split())
+
+
+def test_an_unchanged_checkpoint_is_not_hashed_again(
+    config_file, image_folder: Path, tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcam_cli.io import identity
+
+    weights = own_weights(tmp_path, tiny_weights)
+    config = str(config_file(model={"weights": str(weights)}))
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-q").exit_code == 0
+    cached = json.loads((tmp_path / "out" / "run.json").read_text())["file_hashes"][str(weights)]
+    assert cached == {
+        "size": weights.stat().st_size,
+        "mtime_ns": weights.stat().st_mtime_ns,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+    hashed: list[str] = []
+    real = identity._digest
+    monkeypatch.setattr(identity, "_digest", lambda path: hashed.append(str(path)) or real(path))
+    identity._MEMO.clear()  # as in a new process: only run.json remembers
+    again = gradcam("run", "-c", config, "-i", str(image_folder), "-q", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 3
+    assert str(weights) not in hashed  # neither by the identity check nor by the model loader
+    os.utime(weights)  # touched, same bytes: hashed again, same identity
+    touched = gradcam("run", "-c", config, "-i", str(image_folder), "-q", "--json")
+    assert touched.exit_code == 0 and json.loads(touched.stdout)["skipped"] == 3
+    assert hashed.count(str(weights)) == 1
+
+
+def as_previous_release(out: Path, config_path: Path) -> None:
+    """Rewrite a folder as gradcam-cli 0.1 (before run identities) wrote it: run.json with only the config
+    text's hash and the config, and a manifest without `identity` (checked against a folder that release made)."""
+    from gradcam_cli.config import load_config
+    from gradcam_cli.io.manifest import write_manifest
+
+    config = load_config(config_path)
+    old = {"config_hash": config.config_hash(), "config": config.model_dump(mode="json")}
+    (out / "run.json").write_text(json.dumps(old, sort_keys=True, indent=2))
+    header = {k: v for k, v in manifest(out).items() if k not in ("identity", "images", "summary", "schema_version")}
+    write_manifest(out, dict(header, config_hash=config.config_hash()))  # run.json has no identity to add
+
+
+def test_folders_of_the_previous_release_are_migrated(
+    config_file, image_folder: Path, tmp_path: Path, tiny_weights: Path
+) -> None:
+    out = tmp_path / "out"
+    weights = own_weights(tmp_path, tiny_weights, "clone1/net.pt")
+    config = config_file(model={"weights": str(weights)})
+    assert gradcam("run", "-c", str(config), "-i", str(image_folder), "-q").exit_code == 0
+    as_previous_release(out, config)
+    saved = {name: (out / name).read_text() for name in ("run.json", "manifest.json")}
+
+    # the same config: resumes, and run.json records the identity from now on
+    again = gradcam("run", "-c", str(config), "-i", str(image_folder), "-q", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 3, again.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["identity"]["model.weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert manifest(out)["config_hash"] == info["config_hash"] and manifest(out)["identity"] == info["identity"]
+
+    # the same weights in a second clone: resumes (the first clone's files hold the same content)
+    for name, text in saved.items():
+        (out / name).write_text(text)
+    second = own_weights(tmp_path, tiny_weights, "clone2/net.pt")
+    moved = gradcam("run", "-c", str(config_file(model={"weights": str(second)})), "-i", str(image_folder), "-q")
+    assert moved.exit_code == 0, moved.output
+
+    # even once the first clone is gone: the manifest recorded the sha256 of the checkpoint it loaded
+    for name, text in saved.items():
+        (out / name).write_text(text)
+    weights.unlink()
+    gone = gradcam("run", "-c", str(config_file(model={"weights": str(second)})), "-i", str(image_folder), "-q")
+    assert gone.exit_code == 0, gone.output
+
+    # a checkpoint retrained at the recorded path: the manifest's sha256 says it is not what that run loaded
+    for name, text in saved.items():
+        (out / name).write_text(text)
+    own_weights(tmp_path, tiny_weights, "clone1/net.pt")
+    retrain(weights)
+    config = config_file(model={"weights": str(weights)})  # the fixture writes one file: back to the first clone
+    refused = gradcam("run", "-c", str(config), "-i", str(image_folder), "-q")
+    assert refused.exit_code == 2 and "the weights file's content changed since the last run" in refused.stderr
+
+
+def test_a_previous_release_folder_whose_files_are_gone_is_refused(
+    config_file, image_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    labels = tmp_path / "clone1" / "labels.txt"
+    labels.parent.mkdir()
+    labels.write_text("cat\ndog\nbird\n")
+    config = config_file(model={"labels": str(labels)})
+    assert gradcam("run", "-c", str(config), "-i", str(image_folder), "-q").exit_code == 0
+    as_previous_release(out, config)
+    moved = tmp_path / "clone2" / "labels.txt"
+    moved.parent.mkdir()
+    labels.rename(moved)
+    refused = gradcam("run", "-c", str(config_file(model={"labels": str(moved)})), "-i", str(image_folder), "-q")
+    assert refused.exit_code == 2
+    assert f"the labels of the last run ({labels}) is gone" in " ".join(refused.stderr.split())

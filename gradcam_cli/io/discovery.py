@@ -2,14 +2,17 @@
 
 An input is a folder (walked recursively in sorted order, hidden entries skipped), a single image file,
 a `.zip`, `.tar`, `.tar.gz`/`.tgz` archive (read member by member, never unpacked to disk), or "-"
-(newline-separated paths on stdin). Every source gets a record `path` (POSIX, relative to its input
-root) that is safe to join under the output folder: no absolute names, no `..`.
+(newline-separated paths on stdin, named relative to `--relative-to DIR` or the working directory). Every
+source gets a record `path` (POSIX, relative to its input root) that is safe to join under the output
+folder: no absolute names, no `..`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import re
 import stat
 import sys
 import tarfile
@@ -43,14 +46,29 @@ class ImageSource:
     known_sha256: str | None = None  # set by resume: skip the image if its bytes still hash to this
 
 
+MIB = 1 << 20
+
+
 @dataclass(frozen=True)
 class Filters:
-    """What discovery keeps: extensions, include/exclude globs on the relative path, symlinks."""
+    """What discovery keeps: extensions, include/exclude globs on the relative path, symlinks; and the
+    largest file it lets through to be read (`max_file_bytes`, input.max_file_mb)."""
 
     extensions: tuple[str, ...]
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     follow_symlinks: bool = True
+    max_file_bytes: int | None = None
+
+    def too_large(self, size: int | None) -> tuple[str, str] | None:
+        """The error of a file of `size` bytes over the limit (known from its header or stat, before reading)."""
+        if self.max_file_bytes is None or size is None or size <= self.max_file_bytes:
+            return None
+        return (
+            "FileTooLarge",
+            f"{size} bytes ({size / MIB:.1f} MiB) is over input.max_file_mb ({self.max_file_bytes / MIB:g} MiB); "
+            "not read. Raise input.max_file_mb if such files are images to explain",
+        )
 
     def reason_to_ignore(self, rel: str) -> str | None:
         if os.path.splitext(rel)[1].lower() not in self.extensions:
@@ -152,6 +170,34 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (info.st_dev, info.st_ino)
 
 
+RUN_INFO_FILE, MANIFEST_FILE = "run.json", "manifest.json"  # io/manifest.py's names (kept in step by a test)
+_OUR_MANIFEST = re.compile(rb'"tool"\s*:\s*\{\s*"name"\s*:\s*"gradcam-cli"')
+MARKER_READ_LIMIT = 1 << 20  # a header's worth: our run.json and the manifest's `tool` come early
+
+
+def gradcam_run_marker(folder: Path, names: set[str]) -> str | None:
+    """Which of our files makes `folder` a gradcam output folder, or None: a run.json with `config_hash`
+    and `config`, or a manifest.json whose `tool.name` is gradcam-cli (files of other tools by these names
+    do not count). `names` are the folder's entries (already listed by the walk)."""
+    if RUN_INFO_FILE in names:
+        try:
+            with open(folder / RUN_INFO_FILE, "rb") as handle:
+                info = json.loads(handle.read(MARKER_READ_LIMIT))
+        except (OSError, ValueError):
+            info = None
+        if isinstance(info, dict) and "config_hash" in info and "config" in info:
+            return RUN_INFO_FILE
+    if MANIFEST_FILE in names:
+        try:
+            with open(folder / MANIFEST_FILE, "rb") as handle:
+                head = handle.read(MARKER_READ_LIMIT)
+        except OSError:
+            return None
+        if _OUR_MANIFEST.search(head):
+            return MANIFEST_FILE
+    return None
+
+
 def _walk(
     root: Path, base: Path, filters: Filters, chain: set[tuple[int, int]], exclude: Path | None, ignored: Ignored | None
 ) -> Iterator[tuple[Path, os.stat_result | None]]:
@@ -176,6 +222,14 @@ def _walk(
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError:
             return
+        if stack:  # below the input root: another run's output folder (an earlier -o) holds no inputs
+            marker = gradcam_run_marker(folder, {entry.name for entry in entries})
+            if marker is not None:
+                if ignored:
+                    ignored(
+                        printable_path(folder.relative_to(base).as_posix()), f"a gradcam output folder, by its {marker}"
+                    )
+                return
         chain.add(identity)
         stack.append((identity, iter(entries)))
 
@@ -265,6 +319,8 @@ def _zip_members(archive: Path, filters: Filters, ignored: Ignored | None) -> It
             if rel is None:
                 continue
             is_link = stat.S_ISLNK(info.external_attr >> 16)
+            error = ("ArchiveLink", "symbolic link members are not followed") if is_link else None
+            error = error or filters.too_large(info.file_size)  # the size its header declares
             yield ImageSource(
                 source=source,
                 path=rel,
@@ -273,8 +329,8 @@ def _zip_members(archive: Path, filters: Filters, ignored: Ignored | None) -> It
                 archive=source,
                 member=info.filename,
                 # reading by name gives the last of the members stored under it: read a repeated one here
-                data=handle.read(info) if stored[info.filename] > 1 and not is_link else None,
-                error=("ArchiveLink", "symbolic link members are not followed") if is_link else None,
+                data=handle.read(info) if stored[info.filename] > 1 and error is None else None,
+                error=error,
             )
 
 
@@ -292,29 +348,65 @@ def _tar_members(archive: Path, filters: Filters, ignored: Ignored | None) -> It
                 kind = "link" if (info.issym() or info.islnk()) else "special file"
                 yield ImageSource(**common, error=("ArchiveLink", f"{kind} members are not followed"))
                 continue
+            stamp = {"file_size": info.size, "mtime_ns": int(info.mtime * 1e9)}
+            oversize = filters.too_large(info.size)  # from the member's header: its bytes are never read
+            if oversize is not None:
+                yield ImageSource(**common, **stamp, error=oversize)
+                continue
             extracted = handle.extractfile(info)
             data = extracted.read() if extracted is not None else b""
-            yield ImageSource(**common, file_size=info.size, mtime_ns=int(info.mtime * 1e9), data=data)
+            yield ImageSource(**common, **stamp, data=data)
 
 
-def _stdin_sources(stream: TextIO) -> Iterator[tuple[str, str]]:
+def _below(path: str, root: str) -> str | None:
+    """`path` relative to `root` when it lies below it (both absolute), else None."""
+    relative = os.path.relpath(path, root)
+    return None if relative in (".", "..") or relative.startswith("../") else relative
+
+
+def _stdin_sources(stream: TextIO, relative_to: str | None = None) -> Iterator[tuple[str, str]]:
+    """(absolute path, record path) per line: relative to `relative_to` (--relative-to) when the path lies
+    below it, as `-i DIR` would name it; otherwise relative to the working directory when below it, else the
+    absolute path without its leading `/`."""
     cwd = os.getcwd()
+    root = os.path.abspath(relative_to) if relative_to is not None else None
     for line in stream:
         text = line.strip()
         if not text:
             continue
         absolute = os.path.abspath(text)
-        relative = os.path.relpath(absolute, cwd)
-        shown = relative if not relative.startswith("..") else absolute.lstrip("/")
+        shown = None
+        if root is not None:  # the same folder reached through a symlink counts too
+            shown = _below(absolute, root) or _below(os.path.realpath(absolute), os.path.realpath(root))
+        if shown is None:
+            relative = os.path.relpath(absolute, cwd)
+            shown = relative if not relative.startswith("..") else absolute.lstrip("/")
         yield absolute, safe_relpath(shown)
 
 
-def _file_source(source: str, path: str) -> ImageSource:
+def check_relative_to(relative_to: str | os.PathLike[str] | None, inputs: Iterable[str]) -> None:
+    """`--relative-to DIR` names the paths read from stdin: it needs `-i -` and an existing folder (exit 2)."""
+    if relative_to is None:
+        return
+    if STDIN not in list(inputs):
+        raise InputError(
+            f"--relative-to {relative_to} names the paths read from stdin, and no --input is '-': a folder input is "
+            "already named relative to itself. Drop --relative-to, or pass -i - with the paths on stdin."
+        )
+    if not os.path.isdir(relative_to):
+        raise InputError(
+            f"--relative-to {relative_to} is not a folder: give the folder the paths on stdin lie below "
+            "(e.g. the folder you ran `find` on)."
+        )
+
+
+def _file_source(source: str, path: str, filters: Filters | None = None) -> ImageSource:
     try:
         info = os.stat(source)
-        return ImageSource(source=source, path=path, file_size=info.st_size, mtime_ns=info.st_mtime_ns)
     except OSError:
         return ImageSource(source=source, path=path)
+    error = filters.too_large(info.st_size) if filters is not None else None
+    return ImageSource(source=source, path=path, file_size=info.st_size, mtime_ns=info.st_mtime_ns, error=error)
 
 
 def discover(
@@ -323,10 +415,12 @@ def discover(
     stdin: TextIO | None = None,
     exclude: Path | None = None,
     ignored: Ignored | None = None,
+    relative_to: str | os.PathLike[str] | None = None,
 ) -> Iterator[ImageSource]:
     """Yield every image source of the inputs in order; paths are unique within one run.
 
-    `exclude` (the output folder) is never walked into; `ignored` is told about skipped files.
+    `exclude` (the output folder) is never walked into; `ignored` is told about skipped files; paths on
+    stdin below `relative_to` (--relative-to) are named relative to it, as a walk of that folder names them.
     """
     filters = extensions if isinstance(extensions, Filters) else Filters(tuple(extensions))
     labels = _root_labels(inputs)
@@ -335,7 +429,8 @@ def discover(
         prefix = labels.get(index)
         sources: Iterable[ImageSource]
         if item == STDIN:
-            sources = (_file_source(src, rel) for src, rel in _stdin_sources(stdin or sys.stdin))
+            root = os.fspath(relative_to) if relative_to is not None else None
+            sources = (_file_source(src, rel, filters) for src, rel in _stdin_sources(stdin or sys.stdin, root))
         elif os.path.isdir(item):
             root = Path(item).resolve()
             sources = (
@@ -344,6 +439,7 @@ def discover(
                     path=path.relative_to(root).as_posix(),
                     file_size=info.st_size if info else None,
                     mtime_ns=info.st_mtime_ns if info else None,
+                    error=filters.too_large(info.st_size if info else None),
                 )
                 for path, info in _walk(root, root, filters, set(), exclude, ignored)
             )
@@ -356,7 +452,7 @@ def discover(
             )
             prefix = None
         else:
-            sources = [_file_source(str(Path(item).resolve()), Path(item).name)]
+            sources = [_file_source(str(Path(item).resolve()), Path(item).name, filters)]
         for source in sources:
             path = f"{prefix}/{source.path}" if prefix else source.path
             if item == STDIN:

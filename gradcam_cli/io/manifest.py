@@ -182,13 +182,14 @@ def write_manifest(
     `summary` counts the images in the manifest, i.e. the whole folder (`total`, `ok`, `failed`); `run`
     says what the run that wrote it did (`ok`, `failed` new records, `skipped` already done, whether it
     was `complete`). `records_files` (default: the folder's `records.jsonl`) lists the shards' records files
-    when merging, with `latest` if the caller already indexed them (`latest_records`).
+    when merging, with `latest` if the caller already indexed them (`latest_records`). `config_hash` and
+    `identity` are the folder's, from run.json (`identity_fields`), when it records them.
     """
     files = records_files if records_files is not None else [out_dir / RECORDS_NAME]
     if latest is None:
         latest, _ = latest_records(files)
     counts = folder_counts(latest)
-    body = dict(header, schema_version=SCHEMA_VERSION, summary=counts)
+    body = dict(header, schema_version=SCHEMA_VERSION, summary=counts, **identity_fields(out_dir))
     if run is not None:
         body["run"] = run
     head = json.dumps(body, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
@@ -207,17 +208,78 @@ def write_manifest(
     return path, counts
 
 
-def write_run_info(out_dir: Path, config_hash: str, config: dict[str, Any]) -> None:
-    """`run.json`: which config produced this folder's results (checked by the next run)."""
-    text = json.dumps({"config_hash": config_hash, "config": config}, sort_keys=True, indent=2)
+def write_run_info(
+    out_dir: Path,
+    config_hash: str,
+    config: dict[str, Any],
+    identity: dict[str, Any] | None = None,
+    file_hashes: dict[str, Any] | None = None,
+    migrated_from: str | None = None,
+) -> None:
+    """`run.json`: which run identity produced this folder's results (checked by the next run): its hash
+    (`config_hash`), its parts (`identity`), the config, and the sha256 of the files the identity read by
+    (path, size, mtime_ns) (`file_hashes`, so a rerun does not hash an unchanged checkpoint again), and for a
+    folder of an earlier release the `config_hash` it recorded (`migrated_from`: its shard markers carry it)."""
+    data: dict[str, Any] = {"config_hash": config_hash, "config": config}
+    if identity is not None:
+        data["identity"] = identity
+    if file_hashes is not None:
+        data["file_hashes"] = file_hashes
+    if migrated_from is not None:
+        data["migrated_from"] = migrated_from
+    text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
     atomic_write_bytes(out_dir / RUN_NAME, text.encode(), durable=True)
 
 
 def read_run_info(out_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((out_dir / RUN_NAME).read_text())
+        info = json.loads((out_dir / RUN_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
+
+
+def identity_fields(out_dir: Path) -> dict[str, Any]:
+    """`config_hash` and `identity` as the folder's run.json records them (empty for an older run.json):
+    what every manifest and shard marker of the folder carries, since run.json is claimed before any result
+    is written and a run of another identity is refused."""
+    info = read_run_info(out_dir)
+    if info is None or not isinstance(info.get("identity"), dict) or not isinstance(info.get("config_hash"), str):
+        return {}
+    return {"config_hash": info["config_hash"], "identity": info["identity"]}
+
+
+MANIFEST_HEADER_LIMIT = 1 << 24  # the header is small; never read a whole 100,000-image manifest for it
+
+
+def read_manifest_header(out_dir: Path) -> dict[str, Any] | None:
+    """A manifest's header (everything but `images`), read from its start: `write_manifest` writes the
+    images last (a manifest rewritten with its keys sorted is read whole). None when there is no readable
+    manifest."""
+    marker = b'"images": ['
+    head = b""
+    try:
+        with open(Path(out_dir) / MANIFEST_NAME, "rb") as handle:
+            while marker not in head and len(head) < MANIFEST_HEADER_LIMIT:
+                block = handle.read(1 << 16)
+                if not block:
+                    break
+                head += block
+    except OSError:
+        return None
+    cut = head.find(marker)
+    if cut < 0:
+        return None
+    try:
+        header = json.loads(head[:cut].rstrip().rstrip(b",").decode("utf-8") + "}")
+        if isinstance(header, dict) and "tool" not in header:  # keys after `images`: not as we write it
+            header = json.loads((Path(out_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    header.pop("images", None)
+    return header
 
 
 def read_manifest(out_dir: Path, role: str = "") -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -10,14 +9,7 @@ from torch import nn
 
 from gradcam_cli.config import ModelConfig, looks_like_path
 from gradcam_cli.errors import ConfigError, ModelError
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from gradcam_cli.io.identity import file_sha256  # remembered per process: the run's identity hashed it already
 
 
 def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

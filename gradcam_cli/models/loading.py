@@ -7,7 +7,6 @@ the target layer's activation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from gradcam_cli.config import ModelConfig
-from gradcam_cli.errors import ConfigError
+from gradcam_cli.io.labels import label_names
 from gradcam_cli.models.sources import SOURCES, describe
 
 
@@ -35,19 +34,7 @@ def read_labels(config: ModelConfig, categories: list[str] | None) -> list[str] 
         return None
     if labels == "from-weights":
         return categories
-    path = Path(labels)
-    if not path.is_file():
-        raise ConfigError(f"model.labels: file not found: {path}.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"model.labels: {path} is not valid JSON: {exc}.") from None
-        if not isinstance(data, list):
-            raise ConfigError(f"model.labels: {path} must hold a JSON list of class names.")
-        return [str(item) for item in data]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return label_names(Path(labels))
 
 
 def load_model(config: ModelConfig) -> LoadedModel:

@@ -30,6 +30,7 @@ from PIL import Image
 from gradcam_cli.config import CompareConfig, InputConfig
 from gradcam_cli.errors import ConfigError
 from gradcam_cli.io.files import inside
+from gradcam_cli.io.identity import describe_differences
 from gradcam_cli.io.manifest import read_manifest
 
 MAX_PIXELS = InputConfig().max_pixels  # the inputs' default decompression-bomb limit, for heatmaps too
@@ -377,13 +378,30 @@ def _beyond(drift: Drift, limits: CompareConfig, label: Any) -> list[str]:
 
 
 def _config_notes(baseline: RunResults, current: RunResults) -> list[str]:
+    """What differs between the two runs' identities (io/identity.py), part by part, or that nothing does;
+    manifests of earlier releases (no `identity`) are compared by their header keys and config_hash."""
+    old_identity, new_identity = baseline.manifest.get("identity"), current.manifest.get("identity")
     notes = []
+    if isinstance(old_identity, dict) and isinstance(new_identity, dict):
+        notes = describe_differences(old_identity, new_identity, since=" between the runs")
+        if not notes:
+            notes.append(
+                "the two runs have the same identity (model, weights and labels by content, target layers, "
+                "preprocessing, method, targets, precision): any drift comes from the images or the machine"
+            )
+        old, new = baseline.manifest.get("device"), current.manifest.get("device")
+        if old != new:
+            notes.append(f"device differs: {old} -> {new} (not part of the identity)")
+        return notes
     for key in ("method", "target_layer", "targets", "precision", "device"):
         old, new = baseline.manifest.get(key), current.manifest.get(key)
         if old != new:
             notes.append(f"{key} differs: {old} -> {new}")
     if baseline.manifest.get("config_hash") != current.manifest.get("config_hash") and not notes:
-        notes.append("the configs differ (config_hash), e.g. in weights or preprocessing")
+        notes.append(
+            "the configs differ (config_hash), e.g. in weights or preprocessing (a manifest written by an earlier "
+            "gradcam-cli does not record which parts of the run's identity differ)"
+        )
     return notes
 
 

@@ -39,4 +39,5 @@ class RunJob:
             options.limit,
             options.stdin,
             lambda _: summary.count_skipped(1),
+            relative_to=options.relative_to,
         )

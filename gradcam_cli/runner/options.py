@@ -33,6 +33,7 @@ class RunOptions:
     backend: str = "local"  # where the CAMs are computed: local | ray (runner/backends.py; CLI --engine)
     ray_address: str | None = None  # an existing Ray cluster; None starts a local Ray instance
     ray_actors: int | None = None  # model-holding actors (None: one per GPU of the cluster, else 1)
+    relative_to: Path | None = None  # stdin paths below it are named relative to it (--relative-to)
 
 
 @dataclass

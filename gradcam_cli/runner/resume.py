@@ -1,23 +1,36 @@
 """What an output folder already holds, and which earlier results a run may keep (no torch here).
 
-Rerunning with the same output folder and the same effective config processes only new or changed
-images: an ok record whose file size and mtime still match is skipped at once; one whose size or mtime
-changed is re-hashed by the decode workers and skipped if its bytes are the same (sha256 is the truth).
-A different config refuses (exit 2) unless --overwrite, so one manifest never mixes two configs.
+Rerunning with the same output folder and the same run identity (io/identity.py: what determines the
+heatmaps, by content) processes only new or changed images: an ok record whose file size and mtime still
+match is skipped at once; one whose size or mtime changed is re-hashed by the decode workers and skipped if
+its bytes are the same (sha256 is the truth). Another identity (a retrained checkpoint at the same path,
+another precision) refuses (exit 2, naming what changed) unless --overwrite, so one manifest never mixes
+two; the same files at other paths (a second clone) are the same identity.
 Shards (`--shard K/N`) resume each from their own records file and share the folder's `run.json`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from gradcam_cli.config import Config
+from gradcam_cli.config import Config, parse_config
 from gradcam_cli.errors import ConfigError
 from gradcam_cli.io.discovery import ImageSource
-from gradcam_cli.io.manifest import MANIFEST_NAME, RECORDS_NAME, RUN_NAME, DoneImage, read_run_info, write_run_info
+from gradcam_cli.io.identity import FileHashes, RunIdentity, describe_differences, recorded_main_file, run_identity
+from gradcam_cli.io.manifest import (
+    MANIFEST_NAME,
+    RECORDS_NAME,
+    RUN_NAME,
+    DoneImage,
+    read_manifest_header,
+    read_run_info,
+    write_run_info,
+)
 from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW
 from gradcam_cli.runner.lock import OutputLock
 from gradcam_cli.runner.shards import Shard, complete_markers, shard_records_files
@@ -25,41 +38,132 @@ from gradcam_cli.runner.shards import Shard, complete_markers, shard_records_fil
 RUN_INFO_LOCK_NAME = ".gradcam.run-info.lock"
 
 
-def check_previous_config(out_dir: Path, config: Config) -> None:
-    """Refuse to mix results of two configs in one output folder."""
-    info = read_run_info(out_dir)
-    has_results = (
-        (out_dir / RECORDS_NAME).exists() or (out_dir / MANIFEST_NAME).exists() or bool(shard_records_files(out_dir))
+def _has_results(out_dir: Path) -> bool:
+    return (out_dir / RECORDS_NAME).exists() or (out_dir / MANIFEST_NAME).exists() or bool(shard_records_files(out_dir))
+
+
+def _refuse(out_dir: Path, changes: list[str]) -> ConfigError:
+    shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+    return ConfigError(
+        f"the output folder {out_dir} holds results of a different config: {shown}. Pass --overwrite to "
+        "replace them, or choose a new --output; results of two configs are never mixed in one manifest."
     )
-    if not has_results:
-        return
-    previous = info.get("config_hash") if info else None
-    if previous != config.config_hash():
-        changed = _changed_keys(info.get("config", {}), config) if info else ["run.json"]
-        if info and isinstance(info.get("config"), dict) and not changed:
-            return  # written by an older gradcam-cli whose schema lacked keys that are now at their defaults
-        differs = "changed: " + ", ".join(changed[:6]) if info and changed else ""
-        raise ConfigError(
-            f"the output folder {out_dir} holds results of a different config"
-            + (f" ({differs})" if differs else "")
-            + ". Pass --overwrite to replace them, or choose a new --output; results of two configs are "
-            "never mixed in one manifest."
-        )
 
 
-def claim_run_info(out_dir: Path, config: Config, records_path: Path) -> None:
+def check_previous_config(out_dir: Path, config: Config) -> RunIdentity | None:
+    """Refuse (exit 2, naming what changed) to mix results of two run identities in one output folder.
+
+    Returns this run's identity (None when the folder holds no results yet). When a file of the identity
+    cannot be read (a checkpoint that is not there) nothing is refused here: loading the model says so.
+    """
+    if not _has_results(out_dir):
+        return None
+    info = read_run_info(out_dir)
+    if info is None:
+        raise _refuse(out_dir, ["its run.json, which records the config, is missing or unreadable"])
+    hashes = FileHashes(info.get("file_hashes"))
+    current = run_identity(config, hashes)
+    if current.missing:
+        return current
+    recorded = recorded_identity(out_dir, info, hashes)
+    if recorded is None:  # a run.json this version cannot read as a config: compare the recorded keys
+        if info.get("config_hash") == config.config_hash():
+            return current
+        changed = _changed_keys(info.get("config", {}), config) if isinstance(info.get("config"), dict) else []
+        if isinstance(info.get("config"), dict) and not changed:
+            return current  # written by an older gradcam-cli whose schema lacked keys now at their defaults
+        raise _refuse(out_dir, ["changed: " + ", ".join(changed)] if changed else ["its run.json does not say how"])
+    changes = describe_differences(recorded, current.parts)
+    if changes:
+        raise _refuse(out_dir, changes)
+    return current
+
+
+def recorded_identity(out_dir: Path, info: dict[str, Any], hashes: FileHashes) -> dict[str, Any] | None:
+    """The identity of the results an output folder holds, from its run.json.
+
+    Folders of this version record it (`identity`). Folders of earlier releases (run.json with only
+    `config_hash` and `config`, paths absolute) are migrated: their identity is computed from the recorded
+    config, hashing the files at the recorded paths, except that the checkpoint (or pickled/ONNX file) is
+    taken by the sha256 the folder's manifest or shard markers recorded for it (`model.checkpoint_sha256`:
+    what that run really loaded). So a retrained checkpoint at the same path is a change, the same files in
+    a second clone are not (if the first clone's files still hold the same content), and a recorded file
+    that is gone cannot be vouched for: refused, naming it. The files of an earlier release's run are
+    otherwise taken as they are now; there is no other record of them. The next run writes the identity into
+    run.json, so the folder is migrated once. None: the recorded config is not one this version can read
+    (the caller compares the recorded keys instead, as earlier releases did).
+    """
+    parts = info.get("identity")
+    if isinstance(parts, dict):
+        return parts
+    recorded = info.get("config")
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        old = parse_config(recorded, Path("/"), source="run.json")
+    except ConfigError:
+        return None
+    identity = run_identity(old, hashes).parts
+    main = recorded_main_file(old)
+    loaded = _recorded_checkpoint_sha256(out_dir)
+    if main is not None and loaded is not None:
+        identity[main] = {"sha256": loaded}
+    return identity
+
+
+def _recorded_checkpoint_sha256(out_dir: Path) -> str | None:
+    """The checkpoint sha256 an earlier run's manifest header (or a shard marker) recorded."""
+    headers = [read_manifest_header(out_dir)] + [m.get("header") for m in complete_markers(out_dir).values()]
+    for header in headers:
+        model = header.get("model") if isinstance(header, dict) else None
+        if isinstance(model, dict) and isinstance(model.get("checkpoint_sha256"), str):
+            return model["checkpoint_sha256"]
+    return None
+
+
+def claim_run_info(out_dir: Path, config: Config, records_path: Path) -> RunIdentity:
     """Check and write `run.json` as one step, under a short lock: shards starting together on a new
-    folder agree on one config (the first writes it, the same config leaves it alone, another is refused).
+    folder agree on one identity (the first writes it, the same identity leaves it alone, another is
+    refused). run.json records the identity, its hash (`config_hash`), the config, and the sha256 of the
+    files the identity read, by (path, size, mtime_ns), so the next run does not hash them again.
 
     The run's records file is created inside the same lock, so from then on the folder "has results" and
     a sibling with another config is refused even before this run has finished its first batch.
     """
     with OutputLock(out_dir, RUN_INFO_LOCK_NAME, wait=True):
         check_previous_config(out_dir, config)
-        info = read_run_info(out_dir)
-        if info is None or info.get("config_hash") != config.config_hash():
-            write_run_info(out_dir, config.config_hash(), config.model_dump(mode="json"))
+        info = read_run_info(out_dir) or {}
+        hashes = FileHashes(info.get("file_hashes"))
+        identity = run_identity(config, hashes)
+        known = {k: v for k, v in hashes.known.items() if k not in hashes.used and _still_matches(k, v)}
+        file_hashes = dict(list(known.items())[-KEEP_OTHER_HASHES:], **hashes.used) if known else hashes.used
+        same = info.get("config_hash") == identity.hash and info.get("identity") == identity.parts
+        if not same or info.get("file_hashes") != file_hashes:
+            kept = info.get("config") if same and isinstance(info.get("config"), dict) else None
+            migrated_from = info.get("migrated_from")
+            if "identity" not in info and isinstance(info.get("config_hash"), str):
+                migrated_from = info["config_hash"]  # an earlier release's folder, accepted just now
+            write_run_info(
+                out_dir,
+                identity.hash,
+                kept or config.model_dump(mode="json"),
+                identity=identity.parts,
+                file_hashes=file_hashes,
+                migrated_from=migrated_from if isinstance(migrated_from, str) else None,
+            )
         records_path.touch(exist_ok=True)
+    return identity
+
+
+KEEP_OTHER_HASHES = 8  # cached hashes of files other configs of this folder used (another clone's weights)
+
+
+def _still_matches(path: str, entry: Any) -> bool:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return isinstance(entry, dict) and (entry.get("size"), entry.get("mtime_ns")) == (info.st_size, info.st_mtime_ns)
 
 
 def _changed_keys(previous: dict, config: Config) -> list[str]:

@@ -42,6 +42,7 @@ from gradcam_cli.runner.shards import Shard, ShardMergeError, clear_marker, comp
 from gradcam_cli.runner.todo import still_to_do
 
 if TYPE_CHECKING:
+    from gradcam_cli.io.identity import RunIdentity
     from gradcam_cli.runner.prepare import PreparedRun
 
 
@@ -96,7 +97,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
             clear_results(out_dir)
         _prepare_output(out_dir, remove_stale=shard is None)  # shards share the folder: only a plain run
         repair_records(records_path)
-        claim_run_info(out_dir, config, records_path)  # shards starting together agree on one config
+        identity = claim_run_info(out_dir, config, records_path)  # shards starting together agree on one identity
         if shard is not None:
             clear_marker(out_dir, shard)  # complete again only when this run goes through all its images
         done = load_done(records_path) if options.resume else {}
@@ -104,7 +105,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
             events.emit("stale_lock_taken_over", previous_holder=locks[-1].took_over)
         events.emit(
             "run_started",
-            config_hash=config.config_hash(),
+            config_hash=identity.hash,
             inputs=inputs,
             out_dir=str(out_dir),
             device=str(prepared.device),
@@ -129,11 +130,11 @@ def run(config: Config, options: RunOptions) -> RunSummary:
                 stacklevel=2,
             )
         summary.warnings = warned.messages
-        header = _manifest_header(prepared, summary)
+        header = _manifest_header(prepared, summary, identity)
         if shard is None:
             summary.manifest, summary.folder = write_manifest(out_dir, header, summary.run_block())
         else:
-            summary.manifest = _finish_shard(out_dir, shard, config.config_hash(), header, summary, events)
+            summary.manifest = _finish_shard(out_dir, shard, identity.hash, header, summary, events)
         publish(out_dir, summary.manifest, prepared.config.output.report)
         events.emit("run_finished", summary=summary.as_dict())
     return summary
@@ -164,7 +165,7 @@ def _nothing_to_do(
     summary.seconds = time.perf_counter() - clock
     events.emit(
         "run_started",
-        config_hash=config.config_hash(),
+        config_hash=previous.get("config_hash"),
         inputs=inputs,
         out_dir=str(out_dir),
         device=previous.get("device"),
@@ -268,12 +269,13 @@ def _finish_shard(
     return path
 
 
-def _manifest_header(prepared: PreparedRun, summary: RunSummary) -> dict[str, Any]:
+def _manifest_header(prepared: PreparedRun, summary: RunSummary, identity: RunIdentity) -> dict[str, Any]:
     config = prepared.config
     return {
         "tool": {"name": "gradcam-cli", "version": __version__},
         "config": config.model_dump(mode="json"),
-        "config_hash": config.config_hash(),
+        "config_hash": identity.hash,
+        "identity": identity.parts,
         "model": dict(prepared.model.description, num_classes=prepared.num_classes),
         "method": config.cam.method,
         "target_layer": prepared.layer_names[0] if len(prepared.layer_names) == 1 else prepared.layer_names,

@@ -1,8 +1,11 @@
 """Shards: N independent runs sharing one output folder, merged into one manifest (no torch here).
 
-`--shard K/N` (0-based K, like Slurm's SLURM_ARRAY_TASK_ID and Kubernetes' JOB_COMPLETION_INDEX) keeps
-the images whose record path hashes to K: sha256(path) as an integer, mod N. The assignment depends only
-on the path and N, so a growing archive keeps it and every shard decides alone, without coordination.
+`--shard K/N` counts from 1 (`1/4` .. `4/4`, like Playwright, Jest and GNU split; from a 0-based Slurm
+array or Kubernetes Indexed Job index, add 1) and keeps the images whose record path hashes to K - 1:
+sha256(path) as an integer, mod N. The assignment depends only on the path and N, so a growing archive
+keeps it and every shard decides alone, without coordination. Internally, and in the file names below
+(on-disk contracts of existing folders), a shard is its 0-based index: `--shard 1/4` writes
+`records.shard-0-of-4.jsonl`.
 
 Each shard writes what a single run writes into the shared folder (heatmaps and overlays under the same
 names, they never collide since every path belongs to one shard), except that it appends its records to
@@ -31,7 +34,7 @@ from typing import Any
 
 from gradcam_cli.errors import ConfigError, GradcamError
 from gradcam_cli.io.files import atomic_write_bytes
-from gradcam_cli.io.manifest import RECORDS_NAME, latest_records, read_run_info, write_manifest
+from gradcam_cli.io.manifest import RECORDS_NAME, identity_fields, latest_records, read_run_info, write_manifest
 from gradcam_cli.runner.lock import OutputLock
 
 RECORDS_PATTERN = re.compile(r"^records\.shard-(\d+)-of-(\d+)\.jsonl$")
@@ -45,14 +48,15 @@ class ShardMergeError(GradcamError):
 
 @dataclass(frozen=True)
 class Shard:
-    """Shard `index` of `count` (0-based)."""
+    """Shard `index` of `count`: `index` is 0-based (the hash bucket, and the file names' K); what users type
+    and see (`label`) counts from 1."""
 
     index: int
     count: int
 
     @property
     def label(self) -> str:
-        return f"{self.index}/{self.count}"
+        return shard_label(self.index, self.count)
 
     @property
     def records_name(self) -> str:
@@ -76,23 +80,37 @@ def shard_of(path: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
+def shard_label(index: int, count: int) -> str:
+    """What users type and see for the shard of 0-based `index`: `1/4` for index 0."""
+    return f"{index + 1}/{count}"
+
+
+SCHEDULER_HINT = (
+    "From a Slurm array use --shard $((SLURM_ARRAY_TASK_ID + 1))/N (or --array=1-N with "
+    "--shard $SLURM_ARRAY_TASK_ID/N); in a Kubernetes Indexed Job, --shard $((JOB_COMPLETION_INDEX + 1))/N."
+)
+
+
 def parse_shard(text: str) -> Shard:
-    """`K/N` with 0 <= K < N, e.g. `0/4` .. `3/4`; anything else is a usage error (exit 2)."""
+    """`K/N` with 1 <= K <= N, e.g. `1/4` .. `4/4`; anything else is a usage error (exit 2)."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text, flags=re.ASCII)  # ASCII digits only
     if not match:
         raise ConfigError(
-            f"--shard must be K/N (shard K of N, 0-based: 0/4, 1/4, 2/4, 3/4), not {text!r}. With a Slurm array "
-            "use --shard $SLURM_ARRAY_TASK_ID/N; in a Kubernetes Indexed Job, --shard $JOB_COMPLETION_INDEX/N."
+            f"--shard must be K/N (shard K of N, counted from 1: 1/4, 2/4, 3/4, 4/4), not {text!r}. " + SCHEDULER_HINT
         )
-    index, count = int(match.group(1)), int(match.group(2))
+    number, count = int(match.group(1)), int(match.group(2))
     if count < 1:
         raise ConfigError(f"--shard {text}: the shard count N must be at least 1.")
-    if not 0 <= index < count:
+    if number == 0:
         raise ConfigError(
-            f"--shard {text}: K is 0-based and must be between 0 and {count - 1} (N={count}). Slurm arrays: "
-            f"--array=0-{count - 1}; Kubernetes Indexed Jobs count from 0 too."
+            f"--shard {text}: shards count from 1, so K must be between 1 and {count} (N={count}); "
+            f"0/{count} is not a shard. " + SCHEDULER_HINT
         )
-    return Shard(index, count)
+    if not 1 <= number <= count:
+        raise ConfigError(
+            f"--shard {text}: shards count from 1, so K must be between 1 and {count} (N={count}). " + SCHEDULER_HINT
+        )
+    return Shard(number - 1, count)
 
 
 def _found(out_dir: Path, pattern: re.Pattern[str]) -> dict[tuple[int, int], Path]:
@@ -131,12 +149,16 @@ def clear_marker(out_dir: Path, shard: Shard) -> None:
 def write_marker(
     out_dir: Path, shard: Shard, config_hash: str, header: dict[str, Any], summary: dict[str, Any]
 ) -> None:
-    """The shard went through all of its images: say so, with what the merge needs (no model load)."""
+    """The shard went through all of its images: say so, with what the merge needs (no model load).
+
+    The marker carries the folder's identity hash (run.json's `config_hash`, which this shard claimed when it
+    started) when run.json records one, else `config_hash`."""
+    fields = identity_fields(out_dir)
     marker = {
         "shard": shard.index,
         "count": shard.count,
-        "config_hash": config_hash,
-        "header": header,
+        "config_hash": fields.get("config_hash", config_hash),
+        "header": dict(header, **fields),
         "summary": summary,
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -151,8 +173,8 @@ class MergePlan:
     out_dir: Path
     records_files: list[Path] = field(default_factory=list)
     markers: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
-    missing: dict[int, list[int]] = field(default_factory=dict)  # N -> shards without a marker
-    mismatched: list[str] = field(default_factory=list)  # "K/N" of markers of another config
+    missing: dict[int, list[int]] = field(default_factory=dict)  # N -> shards (0-based) without a marker
+    mismatched: list[str] = field(default_factory=list)  # labels ("K/N", from 1) of markers of another config
     duplicates: dict[str, list[str]] = field(default_factory=dict)  # path -> records files holding it
     latest: dict[str, tuple[int, int, bool]] = field(default_factory=dict)  # path -> (file, offset, failed)
     config_hash: str | None = None
@@ -160,7 +182,7 @@ class MergePlan:
     def problems(self) -> list[str]:
         found: list[str] = []
         for count, shards in sorted(self.missing.items()):
-            listed = ", ".join(f"{k}/{count}" for k in shards[:10]) + (" ..." if len(shards) > 10 else "")
+            listed = ", ".join(shard_label(k, count) for k in shards[:10]) + (" ..." if len(shards) > 10 else "")
             found.append(
                 f"{len(shards)} of {count} shards have not completed ({listed}): never run, still running, "
                 f"interrupted, or stopped early by --limit/--fail-fast; run them (again) with --shard K/{count}."
@@ -201,8 +223,10 @@ def plan_merge(out_dir: Path) -> MergePlan:
         absent = [k for k in range(count) if (k, count) not in markers]
         if absent:
             plan.missing[count] = absent
+    # markers of shards that finished before the folder was migrated carry the earlier release's config_hash
+    accepted = {plan.config_hash, info.get("migrated_from") if info else None} - {None}
     plan.mismatched = [
-        f"{k}/{n}" for (k, n), marker in sorted(markers.items()) if marker.get("config_hash") != plan.config_hash
+        shard_label(k, n) for (k, n), marker in sorted(markers.items()) if marker.get("config_hash") not in accepted
     ]
     plan.latest, duplicates = latest_records(plan.records_files)
     plan.duplicates = {path: [plan.records_files[i].name for i in files] for path, files in duplicates.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gradcam_cli.config import Config
-from gradcam_cli.io.discovery import Filters, Ignored, ImageSource, discover
+from gradcam_cli.io.discovery import MIB, Filters, Ignored, ImageSource, discover
 from gradcam_cli.io.manifest import RECORDS_NAME, DoneImage, load_done
 from gradcam_cli.runner.resume import pending
 from gradcam_cli.runner.shards import Shard
@@ -20,6 +20,7 @@ def filters_of(config: Config) -> Filters:
         include=config.input.include,
         exclude=config.input.exclude,
         follow_symlinks=config.input.follow_symlinks,
+        max_file_bytes=int(config.input.max_file_mb * MIB),
     )
 
 
@@ -52,17 +53,19 @@ def still_to_do(
     on_skip: Callable[[ImageSource], None],
     elsewhere: Callable[[ImageSource], None] | None = None,
     ignored: Ignored | None = None,
+    relative_to: Path | None = None,
 ) -> tuple[Iterator[ImageSource], Callable[[], bool]]:
     """The images still to do, streamed, and a function that says whether discovery went through to the
     end (a shard is complete only then). Resume's skips go to `on_skip`, other shards' images to
-    `elsewhere`, files discovery leaves out to `ignored`; the output folder itself is never read back."""
+    `elsewhere`, files discovery leaves out to `ignored`; the output folder itself is never read back.
+    Paths on stdin below `relative_to` (--relative-to) are named relative to it."""
     walked = [False]
 
     def through(sources: Iterable[ImageSource]) -> Iterator[ImageSource]:
         yield from sources
         walked[0] = True
 
-    sources = discover(inputs, filters_of(config), stdin, exclude=out_dir, ignored=ignored)
+    sources = discover(inputs, filters_of(config), stdin, exclude=out_dir, ignored=ignored, relative_to=relative_to)
     todo = limited(through(pending(in_shard(sources, shard, elsewhere), done, on_skip)), limit)
     return todo, lambda: walked[0]
 
@@ -75,6 +78,7 @@ def dry_run(
     limit: int | None,
     echo: Callable[[str], None],
     shard: Shard | None = None,
+    relative_to: Path | None = None,
 ) -> dict[str, int]:
     """Print what a run would process, skip (already done) and ignore, without loading the model.
 
@@ -94,7 +98,7 @@ def dry_run(
         counts["skip"] += 1
         echo(f"skip     {source.path}  (done)")
 
-    todo, _ = still_to_do(config, inputs, out_dir, done, shard, limit, stdin, skip, elsewhere, ignore)
+    todo, _ = still_to_do(config, inputs, out_dir, done, shard, limit, stdin, skip, elsewhere, ignore, relative_to)
     for source in todo:
         counts["process"] += 1
         note = "  (changed size or mtime: re-hashed, skipped if identical)" if source.known_sha256 else ""
