@@ -112,7 +112,9 @@ def run(
             "--input", "-i", help="Image folder (recursive), image file, or - for paths on stdin. Repeatable."
         ),
     ],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (overrides output.dir).")] = None,
+    output: Annotated[  # a str, not a Path: Path("") would be "." and `-o ""` must be refused, not the cwd
+        str | None, typer.Option("--output", "-o", help="Output folder (overrides output.dir).")
+    ] = None,
     method: Annotated[
         str | None,
         typer.Option(
@@ -199,7 +201,7 @@ def run(
         parsed_workers = int(workers) if workers.isdigit() else workers
     overrides = _overrides(
         **{
-            "output.dir": str(output) if output is not None else None,
+            "output.dir": output,
             "cam.method": method,
             "model.target_layer": layer,
             "cam.top_k": top_k,

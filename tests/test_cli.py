@@ -424,3 +424,11 @@ def test_help_texts_name_the_choices() -> None:
     for method in METHOD_NAMES:
         assert method in run_help, f"--method help does not list {method}"
     assert "BASELINE" in runner.invoke(app, ["compare", "--help"]).output
+
+
+def test_an_empty_output_option_is_refused(config_file, image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """`-o ""` wrote the results into the working directory."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", "-c", str(config_file()), "-i", str(image_folder), "-o", "", "-q"])
+    assert result.exit_code == 2 and "output.dir" in result.stderr
+    assert not (tmp_path / "heatmaps").exists() and not (tmp_path / "manifest.json").exists()
