@@ -161,11 +161,12 @@ def _nothing_to_do(
     if next(todo, None) is not None:
         return None
     summary.complete = walked_all()
+    identity = claim_run_info(out_dir, config, records_path)  # run.json of an older release gets its identity
     remove_stale_temp_files(out_dir)  # a plain run holding the folder lock, as _prepare_output would
     summary.seconds = time.perf_counter() - clock
     events.emit(
         "run_started",
-        config_hash=previous.get("config_hash"),
+        config_hash=identity.hash,
         inputs=inputs,
         out_dir=str(out_dir),
         device=previous.get("device"),
