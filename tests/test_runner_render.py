@@ -215,3 +215,23 @@ def test_a_full_disk_in_a_render_worker_is_exit_4_without_a_hang(tmp_path: Path,
     assert "cannot write to the output folder" in done.stderr and "Traceback" not in done.stderr
     for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines():
         json.loads(line)  # what was written stays valid
+
+
+def test_non_finite_scores_are_that_images_error_record(tmp_path: Path, tiny_config: dict[str, Any]) -> None:
+    """Reviewer repro: NaN logits for one image made json.dumps(allow_nan=False) raise and the batch was lost."""
+    from PIL import Image as PILImage
+
+    from gradcam_cli.runner.options import RunOptions
+    from gradcam_cli.runner.run import run
+    from tests.conftest import ASSETS
+
+    folder = tmp_path / "images"
+    random_image(folder / "dark.png", 40, 30, seed=1)
+    folder.mkdir(exist_ok=True)
+    PILImage.new("RGB", (40, 30), (255, 255, 255)).save(folder / "white.png")
+    model = {**tiny_config["model"], "factory": str(ASSETS / "tiny_models.py") + ":build_nan_for_bright"}
+    config = parse_config({**tiny_config, "model": model}, tmp_path)
+    summary = run(config, RunOptions(inputs=[str(folder)], quiet=True))
+    records = {r["path"]: r for r in json.loads(summary.manifest.read_text())["images"]}
+    assert (summary.ok, summary.failed) == (1, 1)
+    assert records["white.png"]["error"]["type"] == "NonFiniteScores" and records["dark.png"]["status"] == "ok"

@@ -79,3 +79,30 @@ def test_dry_run_through_folders_nested_1100_deep(
     lines: list[str] = []
     counts = dry_run(_config(tmp_path, tiny_config), [str(tmp_path / "deep")], None, False, None, lines.append)
     assert counts["process"] == 1 and lines == [f"process  {'d/' * 1100}x.png"]
+
+
+def test_tar_members_are_read_only_when_they_will_be_processed(tmp_path: Path, tiny_config: dict[str, Any]) -> None:
+    """Discovery reads no member contents (a --dry-run over a .tar.gz read every byte); a run reads only the
+    members resume and --limit keep, as the walk reaches them."""
+    import io
+    import tarfile
+
+    archive = tmp_path / "batch.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for index in range(3):
+            picture = random_image(tmp_path / "src" / f"{index}.png", 16, 16, seed=index).read_bytes()
+            info = tarfile.TarInfo(f"{index}.png")
+            info.size = len(picture)
+            tar.addfile(info, io.BytesIO(picture))
+    config = _config(tmp_path, tiny_config)
+    names = [f"batch.tar.gz/{i}.png" for i in range(3)]
+    listed, _ = still_to_do(
+        config, [str(archive)], tmp_path / "out", {}, None, None, None, lambda _: None, read_members=False
+    )
+    assert [(s.path, s.data) for s in listed] == [(name, None) for name in names]
+    kept, _ = still_to_do(config, [str(archive)], tmp_path / "out", {}, None, 2, None, lambda _: None)
+    found = list(kept)
+    assert [s.path for s in found] == names[:2]
+    assert [s.data for s in found] == [(tmp_path / "src" / f"{i}.png").read_bytes() for i in range(2)]
+    lines: list[str] = []
+    assert dry_run(config, [str(archive)], None, True, None, lines.append)["process"] == 3

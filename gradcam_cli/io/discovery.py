@@ -353,9 +353,32 @@ def _tar_members(archive: Path, filters: Filters, ignored: Ignored | None) -> It
             if oversize is not None:
                 yield ImageSource(**common, **stamp, error=oversize)
                 continue
-            extracted = handle.extractfile(info)
-            data = extracted.read() if extracted is not None else b""
-            yield ImageSource(**common, **stamp, data=data)
+            # Not read here: `read_tar_members` reads the bytes of the members a run will process, while the
+            # walk stands at this member (a .tar.gz has no random access); skipped ones and --dry-run never are.
+            _WALKING_TARS[source] = (handle, info)
+            try:
+                yield ImageSource(**common, **stamp)
+            finally:
+                _WALKING_TARS.pop(source, None)
+
+
+# The tar archives being walked now, and the member each stands at: {archive path: (handle, member)}.
+_WALKING_TARS: dict[str, tuple[tarfile.TarFile, tarfile.TarInfo]] = {}
+
+
+def read_tar_members(sources: Iterable[ImageSource]) -> Iterator[ImageSource]:
+    """Tar members' bytes, read as each member comes through (after resume and --limit decided to keep it);
+    a member that breaks while read is its error record."""
+    for source in sources:
+        walking = _WALKING_TARS.get(source.archive or "") if source.data is None and source.error is None else None
+        if walking is not None and walking[1].name == source.member:
+            handle, info = walking
+            try:
+                extracted = handle.extractfile(info)
+                source = replace(source, data=extracted.read() if extracted is not None else b"")
+            except ARCHIVE_ERRORS as exc:
+                source = replace(source, error=_archive_break(source.source, exc).error)
+        yield source
 
 
 def _below(path: str, root: str) -> str | None:

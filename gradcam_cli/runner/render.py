@@ -182,6 +182,10 @@ def render_batch(
         row = position[index]
         classes = classes_all[row]
         probabilities = probabilities_all[row]
+        if not bool(torch.isfinite(probabilities).all()):  # NaN/Inf weights, or NaN logits for this image
+            message = "the model returned non-finite class scores (NaN or Inf) for this image; nothing to explain"
+            records.append(error_record(item.source, item.sha256, "NonFiniteScores", message))
+            continue
         top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.numel()))
         names = [output_name(item.source.path, c, several) for c in classes]
         overlay_names = [output_name(item.source.path, c, several, overlay_suffix) for c in classes]

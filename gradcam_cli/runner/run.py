@@ -156,7 +156,7 @@ def _nothing_to_do(
     summary, clock = RunSummary.start(out_dir)
     done = load_done(records_path)
     todo, walked_all = still_to_do(
-        config, inputs, out_dir, done, None, options.limit, None, lambda _: summary.count_skipped(1)
+        config, inputs, out_dir, done, None, options.limit, None, lambda _: summary.count_skipped(1), read_members=False
     )
     if next(todo, None) is not None:
         return None
@@ -189,7 +189,9 @@ def _nothing_to_do(
 
 def _left_to_do(config: Config, inputs: list[str], out_dir: Path, records_path: Path, shard: Shard | None) -> int:
     """How many images a rerun would still do (a fresh walk; nothing is decoded)."""
-    todo, _ = still_to_do(config, inputs, out_dir, load_done(records_path), shard, None, None, lambda _: None)
+    todo, _ = still_to_do(
+        config, inputs, out_dir, load_done(records_path), shard, None, None, lambda _: None, read_members=False
+    )
     return sum(1 for _ in todo)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gradcam_cli.config import Config
-from gradcam_cli.io.discovery import MIB, Filters, Ignored, ImageSource, discover
+from gradcam_cli.io.discovery import MIB, Filters, Ignored, ImageSource, discover, read_tar_members
 from gradcam_cli.io.manifest import RECORDS_NAME, DoneImage, load_done
 from gradcam_cli.runner.resume import pending
 from gradcam_cli.runner.shards import Shard
@@ -54,11 +54,13 @@ def still_to_do(
     elsewhere: Callable[[ImageSource], None] | None = None,
     ignored: Ignored | None = None,
     relative_to: Path | None = None,
+    read_members: bool = True,
 ) -> tuple[Iterator[ImageSource], Callable[[], bool]]:
     """The images still to do, streamed, and a function that says whether discovery went through to the
     end (a shard is complete only then). Resume's skips go to `on_skip`, other shards' images to
     `elsewhere`, files discovery leaves out to `ignored`; the output folder itself is never read back.
-    Paths on stdin below `relative_to` (--relative-to) are named relative to it."""
+    Paths on stdin below `relative_to` (--relative-to) are named relative to it. Tar members' bytes are
+    read only with `read_members` (a run; not --dry-run or a count), and only for the members kept."""
     walked = [False]
 
     def through(sources: Iterable[ImageSource]) -> Iterator[ImageSource]:
@@ -67,6 +69,8 @@ def still_to_do(
 
     sources = discover(inputs, filters_of(config), stdin, exclude=out_dir, ignored=ignored, relative_to=relative_to)
     todo = limited(through(pending(in_shard(sources, shard, elsewhere), done, on_skip)), limit)
+    if read_members:
+        todo = read_tar_members(todo)  # only the members that will be processed are read
     return todo, lambda: walked[0]
 
 
@@ -98,7 +102,9 @@ def dry_run(
         counts["skip"] += 1
         echo(f"skip     {source.path}  (done)")
 
-    todo, _ = still_to_do(config, inputs, out_dir, done, shard, limit, stdin, skip, elsewhere, ignore, relative_to)
+    todo, _ = still_to_do(
+        config, inputs, out_dir, done, shard, limit, stdin, skip, elsewhere, ignore, relative_to, read_members=False
+    )
     for source in todo:
         counts["process"] += 1
         note = "  (changed size or mtime: re-hashed, skipped if identical)" if source.known_sha256 else ""

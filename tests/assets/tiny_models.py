@@ -132,3 +132,17 @@ class SharedActivation(nn.Module):
 def build_shared_activation(num_classes: int = 3) -> nn.Module:
     torch.manual_seed(0)
     return SharedActivation(num_classes)
+
+
+class NaNForBrightImages(TinyCNN):
+    """Returns NaN scores for bright images (one bad image in a batch), finite ones otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        bright = x.mean(dim=(1, 2, 3), keepdim=False)[:, None] > 1.0
+        return torch.where(bright, torch.full_like(logits, float("nan")), logits)
+
+
+def build_nan_for_bright(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return NaNForBrightImages(num_classes)
