@@ -144,10 +144,11 @@ def run_baseline(images: Path, weights: Path, out: Path, batch_size: int, device
 
 
 def run_floor(
-    images: Path, weights: Path, out: Path, batch_size: int, device: str, precision: str
+    images: Path, weights: Path, out: Path, batch_size: int, device: str, precision: str, workers: int = 2
 ) -> tuple[int, float]:
-    """Streaming floor: a DataLoader with 2 workers decodes and resizes the files, the main process runs a
-    forward-only pass; no CAM, no files. Timed from the first batch on (the model is loaded before)."""
+    """Streaming floor: a DataLoader with `workers` workers (2 here; gpu_check.py gives it the machine's
+    cores) decodes and resizes the files, the main process runs a forward-only pass; no CAM, no files.
+    Timed from the first batch on (the model is loaded before)."""
     import torch
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -175,7 +176,7 @@ def run_floor(
         model(torch.zeros(1, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last))  # warm-up
         _sync(device)
         start = time.perf_counter()
-        for batch in DataLoader(Resized(paths), batch_size=batch_size, num_workers=2):
+        for batch in DataLoader(Resized(paths), batch_size=batch_size, num_workers=workers):
             model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
         _sync(device)
     return len(paths), time.perf_counter() - start
