@@ -935,7 +935,7 @@ def section_compute(ctx: Context) -> None:
             rate = batch / seconds
             if mode == "floor":
                 floor_rates[(precision, batch)] = rate
-            floor = floor_rates.get(("fp32" if precision == "tf32" and mode != "ours" else precision, batch))
+            floor = floor_rates.get((precision, batch))
             vs = rate / floor if floor and mode != "floor" else None
             flags = tf32_state()
             cells = [mode, precision, str(batch), fmt(rate), fmt(seconds * 1000, 2), fmt(peak_mb(device), 0)]

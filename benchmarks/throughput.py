@@ -210,7 +210,8 @@ OURS_OPTIONS: list[str] = []  # --ours-option, passed on to the child
 
 def tree_rss_mb(root: int) -> float:
     """Memory of `root` and all its descendants now, in MB: the sum of their PSS (Linux /proc), which counts
-    pages that forked workers share with the main process once, not once per process as RSS would."""
+    pages that forked workers share with the main process once, not once per process as RSS would (RSS where
+    /proc has no smaps_rollup)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -230,8 +231,18 @@ def tree_rss_mb(root: int) -> float:
                     total_kb += int(line.split()[1])
                     break
         except OSError:
-            continue
+            total_kb += _status_rss_kb(pid)  # no smaps_rollup (gVisor, old kernels): RSS, shared pages per process
     return total_kb / 1024
+
+
+def _status_rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class TreeRss:
