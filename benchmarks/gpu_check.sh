@@ -4,7 +4,8 @@
 # compute (engine agreement; floor, ours, pytorch-grad-cam at batch 32..256, fp32 and bf16, CUDA events),
 # 3. end to end in fresh processes (4,096 x 640x480 and 96 x 12 MP, fp32 and bf16, against the
 # pytorch-grad-cam script, with the targets). Each section runs benchmarks/gpu_check.py under its
-# own `timeout`: one that overruns is killed and the others still run. Total: under 7 minutes on an H200.
+# own `timeout`: one that overruns is killed and the others still run. Limits: preflight 25 s, parity 130 s,
+# compute 70 s, e2e 170 s (395 s, plus ~10 s for the wheels): under 7 minutes on an H200.
 #
 # Writes as it goes, into $OUT (default /tmp/gpu-check):
 #   gpu_check.json  {"meta", "rows"}, rewritten atomically after every row (a killed section keeps its rows)
@@ -12,12 +13,12 @@
 #   gpu_check.log   everything printed
 #
 # Run from the repository root (the device tool sets OUT; carry .whl):
-#   bash benchmarks/gpu_check.sh                  # on the GPU machine, one call, timeout_s 450
+#   bash benchmarks/gpu_check.sh                  # on the GPU machine: one call, timeout_s 420, carry [".whl"]
 #   bash benchmarks/gpu_check.sh --cpu-dry-run    # here, on the CPU: tiny sizes, every code path, < 2 min
 # PYTHON (default python3) picks the interpreter; GPU_CHECK_DATA (default /tmp/gpu-check-data) the data.
 #
-# Wheels expected in .whl/ (what the bare GPU image lacks; Python 3.12, manylinux x86_64), installed with
-# --no-deps into /tmp/site when the folder has any:
+# Wheels expected in .whl/ (what the bare GPU image lacks; Python 3.12, manylinux x86_64; `echo /.whl/ >>
+# .git/info/exclude`), installed with --no-deps into /tmp/site when the folder has any:
 #   pydantic 2.14.4, pydantic-core 2.50.5, annotated-types 0.8.0, typing-inspection 0.4.5  (the config)
 #   ttach 0.0.3, grad-cam 1.5.7 (pytorch-grad-cam, the reference; sdist only on PyPI: build its wheel with
 #   `pip wheel --no-deps grad-cam==1.5.7 -w .whl`)
