@@ -256,6 +256,7 @@ def guarded(ctx: Context, section: str, label: str, columns: int) -> Iterator[No
 
 # ---------------------------------------------------------------- child processes (killed as a group)
 RUNNING: list[subprocess.Popen] = []
+STOPPING = threading.Event()  # set by SIGTERM: no new child starts (the parity's CPU lane runs in a thread)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -265,6 +266,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _on_term(signum: int, frame: object) -> None:
     """timeout(1) ended the section: take the running child's process group (workers too) along."""
+    STOPPING.set()
     for proc in list(RUNNING):
         _kill_group(proc)
     raise SystemExit(128 + signum)
@@ -273,10 +275,14 @@ def _on_term(signum: int, frame: object) -> None:
 def run_group(command: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
     """Run `command` in its own process group; at `timeout` kill the whole group. rc 124 = timed out."""
     start = time.perf_counter()
+    if STOPPING.is_set():
+        return 143, "", "not started: the section is being stopped", 0.0
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
     RUNNING.append(proc)
+    if STOPPING.is_set():  # SIGTERM came between the check and the start
+        _kill_group(proc)
     try:
         out, err = proc.communicate(timeout=max(1.0, timeout))
         rc = proc.returncode
@@ -810,7 +816,7 @@ def section_parity(ctx: Context) -> None:
         else:
             skip("GPU tf32 vs GPU fp32", "runtime.precision has no tf32 here")
     finally:
-        cpu_lane.shutdown(wait=True)
+        cpu_lane.shutdown(wait=True, cancel_futures=True)
     gpu_runs = {k: v for k, v in runs.items() if not k.startswith("cpu-") and v.get("rc") is not None}
     seen = sorted({w for v in gpu_runs.values() for w in v.get("determinism_warnings", [])})
     label = "determinism warnings (stderr of the GPU runs)"
