@@ -244,10 +244,20 @@ class Context:
 
 
 @contextlib.contextmanager
+class OutOfTime(Exception):
+    """The section's budget is spent: the row is skipped, not failed."""
+
+
+NO_TIME = "skipped: no time left in the section"
+
+
 def guarded(ctx: Context, section: str, label: str, columns: int) -> Iterator[None]:
     """A row that raises becomes an error row (JSON and Markdown); the section goes on."""
     try:
         yield
+    except OutOfTime:
+        cells = [label, *["-"] * (columns - 2), NO_TIME]
+        ctx.report.add({"section": section, "check": label, "skipped": NO_TIME}, cells)
     except Exception as error:  # noqa: BLE001 - a benchmark row must not stop the section
         message = f"{type(error).__name__}: {error}".replace("\n", " ")[:300]
         cells = [label, *["-"] * (columns - 2), f"error: {message}"]
@@ -642,7 +652,7 @@ def cli_run(
     shutil.rmtree(out, ignore_errors=True)
     timeout = min(ctx.plan.run_cap, ctx.left())
     if timeout < 5:
-        return {"rc": None, "error": "skipped: no time left in the section"}
+        return {"rc": None, "error": NO_TIME, "out_of_time": True}
     rc, _, err, seconds = run_group(command, timeout, env)
     warnings = sorted({line.strip()[:200] for line in err.splitlines() if "determinis" in line.lower()})
     result = {"rc": rc, "seconds": round(seconds, 1), "determinism_warnings": warnings}
@@ -758,6 +768,8 @@ def section_parity(ctx: Context) -> None:
             if key in pending:
                 runs[key] = pending.pop(key).result()
         with guarded(ctx, "parity", label, len(PARITY_COLUMNS)):
+            if any(runs.get(k, {}).get("out_of_time") for k in (a, b)):
+                raise OutOfTime
             failed = [runs[k]["error"] for k in (a, b) if k not in runs or runs[k].get("error")]
             if failed:
                 raise RuntimeError(failed[0])
@@ -870,6 +882,8 @@ def section_compute(ctx: Context) -> None:
     plan, device = ctx.plan, ctx.plan.device
     side = plan.input_side
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as `gradcam run` does before cuBLAS starts
+    if plan.dry:  # on a small shared CPU, OpenMP threads that wait on each other crawl when others load it
+        torch.set_num_threads(1)
     ctx.report.table(
         "### 2a. Engine agreement (one batch of photo-like images)",
         AGREE_COLUMNS,
@@ -934,7 +948,7 @@ def section_compute(ctx: Context) -> None:
     def row(mode: str, precision: str, batch: int, fn: Callable[[], Any]) -> None:
         with guarded(ctx, "compute", f"{mode} {precision} b{batch}", len(COMPUTE_COLUMNS)):
             if ctx.left() < 3:
-                raise RuntimeError("skipped: no time left in the section")
+                raise OutOfTime
             iters = max(plan.min_iters, math.ceil(plan.timed_images / batch))
             reset_peak(device)
             seconds, timer = timed(fn, device, plan.warmup, iters)
@@ -1278,7 +1292,7 @@ def section_e2e(ctx: Context) -> None:
         with guarded(ctx, "e2e", f"{label} {size_text} {precision}", len(E2E_COLUMNS)):
             timeout = min(plan.run_cap * (2 if mode == "ours" and size == "small" else 1), ctx.left())
             if timeout < 10:
-                raise RuntimeError("skipped: no time left in the section")
+                raise OutOfTime
             command = [
                 sys.executable, __file__, "--child", mode, "--images-dir", str(folder), "--weights", str(ctx.weights),
                 "--device", plan.device, "--precision", precision, "--batch-size", str(batch),
