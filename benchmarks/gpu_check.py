@@ -243,7 +243,6 @@ class Context:
         return tp.make_model(self.data / "resnet50-random.pt")
 
 
-@contextlib.contextmanager
 class OutOfTime(Exception):
     """The section's budget is spent: the row is skipped, not failed."""
 
@@ -251,6 +250,7 @@ class OutOfTime(Exception):
 NO_TIME = "skipped: no time left in the section"
 
 
+@contextlib.contextmanager
 def guarded(ctx: Context, section: str, label: str, columns: int) -> Iterator[None]:
     """A row that raises becomes an error row (JSON and Markdown); the section goes on."""
     try:
