@@ -631,6 +631,8 @@ def write_config(ctx: Context, resize: str) -> Path:
         "model": {"torchvision": "resnet50", "weights": str(ctx.weights), "labels": "none", "target_layer": "layer4"},
         "preprocess": {"resize": resize, "size": [ctx.plan.input_side, ctx.plan.input_side]},
     }
+    if ctx.plan.dry:  # two runs side by side on a small CPU: one torch thread each, or OpenMP crawls
+        data["runtime"] = {"threads": 1}
     path = ctx.data / f"config-{resize}.yaml"
     path.write_text(json.dumps(data, indent=2))  # JSON is YAML
     return path
