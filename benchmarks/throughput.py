@@ -144,10 +144,11 @@ def run_baseline(images: Path, weights: Path, out: Path, batch_size: int, device
 
 
 def run_floor(
-    images: Path, weights: Path, out: Path, batch_size: int, device: str, precision: str
+    images: Path, weights: Path, out: Path, batch_size: int, device: str, precision: str, workers: int = 2
 ) -> tuple[int, float]:
-    """Streaming floor: a DataLoader with 2 workers decodes and resizes the files, the main process runs a
-    forward-only pass; no CAM, no files. Timed from the first batch on (the model is loaded before)."""
+    """Streaming floor: a DataLoader with `workers` workers (2 here; gpu_check.py gives it the machine's
+    cores) decodes and resizes the files, the main process runs a forward-only pass; no CAM, no files.
+    Timed from the first batch on (the model is loaded before)."""
     import torch
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -175,7 +176,7 @@ def run_floor(
         model(torch.zeros(1, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last))  # warm-up
         _sync(device)
         start = time.perf_counter()
-        for batch in DataLoader(Resized(paths), batch_size=batch_size, num_workers=2):
+        for batch in DataLoader(Resized(paths), batch_size=batch_size, num_workers=workers):
             model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
         _sync(device)
     return len(paths), time.perf_counter() - start
@@ -209,7 +210,8 @@ OURS_OPTIONS: list[str] = []  # --ours-option, passed on to the child
 
 def tree_rss_mb(root: int) -> float:
     """Memory of `root` and all its descendants now, in MB: the sum of their PSS (Linux /proc), which counts
-    pages that forked workers share with the main process once, not once per process as RSS would."""
+    pages that forked workers share with the main process once, not once per process as RSS would (RSS where
+    /proc has no smaps_rollup)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -229,8 +231,18 @@ def tree_rss_mb(root: int) -> float:
                     total_kb += int(line.split()[1])
                     break
         except OSError:
-            continue
+            total_kb += _status_rss_kb(pid)  # no smaps_rollup (gVisor, old kernels): RSS, shared pages per process
     return total_kb / 1024
+
+
+def _status_rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class TreeRss:
