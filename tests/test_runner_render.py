@@ -235,3 +235,20 @@ def test_non_finite_scores_are_that_images_error_record(tmp_path: Path, tiny_con
     records = {r["path"]: r for r in json.loads(summary.manifest.read_text())["images"]}
     assert (summary.ok, summary.failed) == (1, 1)
     assert records["white.png"]["error"]["type"] == "NonFiniteScores" and records["dark.png"]["status"] == "ok"
+
+
+def test_fail_fast_also_stops_on_an_image_whose_render_failed(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path, monkeypatch
+) -> None:
+    from gradcam_cli.runner import render
+    from gradcam_cli.runner.options import RunOptions
+    from gradcam_cli.runner.run import run
+
+    def out_of_memory(job: RenderJob) -> np.ndarray:
+        raise MemoryError
+
+    monkeypatch.setattr(render, "_original", out_of_memory)
+    runtime = {**tiny_config["runtime"], "render_workers": 0, "batch_size": 1}
+    config = parse_config({**tiny_config, "runtime": runtime}, tmp_path)
+    summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True, fail_fast=True))
+    assert summary.failed >= 1 and summary.total < 3 and not summary.complete

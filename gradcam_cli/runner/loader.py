@@ -143,11 +143,11 @@ class DecodeDataset(Dataset):
                 image = decode_bytes(data, self.max_pixels)
                 width, height = image.size
                 geometry = plan((height, width), self.size, self.mode)
+            model_input = to_model_input(image, geometry, self.pad_rgb)
         except ImageReadError as exc:
             return DecodedItem(source=source, error=(exc.kind, str(exc)))
         except MemoryError:
             return DecodedItem(source=source, error=("MemoryError", "not enough memory to decode the image"))
-        model_input = to_model_input(image, geometry, self.pad_rgb)
         return DecodedItem(
             source=source,
             sha256=sha256,

@@ -43,21 +43,28 @@ def stream(job: RunJob) -> RunSummary:
     cores = split_cores(config.runtime.workers, config.runtime.render_workers, config.runtime.threads, prepared.device)
     torch.set_num_threads(cores.threads)
     records = RecordsWriter(job.records_path)
-    renderer = RenderPool(records, cores.render)  # forked first, before any other worker or thread starts
+    try:
+        renderer = RenderPool(records, cores.render)  # forked first, before any other worker or thread starts
+    except BaseException:
+        records.close()
+        raise
     summary, clock = RunSummary.start(job.out_dir)
-    progress = progress_bar(options.quiet)
-    todo, walked_all = job.todo(summary)
-    dataset = DecodeDataset(config.preprocess, config.input)
-    batches = decoded_batches(
-        todo, dataset, config.runtime.batch_size, cores.decode, pin_memory=prepared.device.type == "cuda"
-    )
+    progress = None
+    batches = None
 
-    def account(written: list[dict[str, Any]]) -> None:
+    def account(written: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.account(written, job.events, progress)
+        return written
 
     prepared.engine.show_progress = not options.quiet
     finished = False
     try:
+        progress = progress_bar(options.quiet)
+        todo, walked_all = job.todo(summary)
+        dataset = DecodeDataset(config.preprocess, config.input)
+        batches = decoded_batches(
+            todo, dataset, config.runtime.batch_size, cores.decode, pin_memory=prepared.device.type == "cuda"
+        )
         with StopSignals() as stop, NondeterministicOps() as nondeterministic, prepared.engine:
             mark = time.perf_counter()
             for batch in batches:
@@ -72,9 +79,9 @@ def stream(job: RunJob) -> RunSummary:
                 mark = summary.lap("compute", mark)
                 submitted = renderer.submit(prepared, job.out_dir, batch, result)
                 mark = summary.lap("render", mark)  # handing the batch's jobs to the render workers
-                account(renderer.drain(keep=1))
+                written = account(renderer.drain(keep=1))  # with render failures: what --fail-fast sees too
                 mark = summary.lap("encode", mark)  # waiting for the render workers
-                if summary.stop_after_batch(stop.signum, options.fail_fast, submitted):
+                if summary.stop_after_batch(stop.signum, options.fail_fast, submitted + written):
                     break
             else:
                 summary.complete = walked_all()
@@ -87,7 +94,8 @@ def stream(job: RunJob) -> RunSummary:
         # are only appended for complete batches, so what is on disk stays consistent.
         summary.interrupted_by = summary.interrupted_by or signal.SIGINT
     finally:
-        batches.close()  # stops the decode workers, whatever happened
+        if batches is not None:
+            batches.close()  # stops the decode workers, whatever happened
         if finished:
             renderer.close()
         else:

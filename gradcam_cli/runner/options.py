@@ -46,8 +46,8 @@ class RunSummary:
     out_dir: Path = field(default_factory=Path)
     manifest: Path | None = None
     interrupted_by: int | None = None  # the signal that stopped the run early
-    # Wall-clock seconds the main loop spent per stage: waiting for decode workers, computing CAMs,
-    # mapping them to the original frame, and waiting for the writer pool. The largest is the bottleneck.
+    # Wall-clock seconds the main loop spent per stage: waiting for decode workers, computing CAMs, handing
+    # a batch's jobs to the render workers, and waiting for them. The largest is the bottleneck.
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     complete: bool = False  # went through every input: not interrupted, not cut by --limit or --fail-fast
@@ -150,7 +150,7 @@ class RunSummary:
                 f"Interrupted by {name} after {new} new images ({self.ok} ok, {self.failed} failed){skipped}; "
                 f"{left}: rerun the same command to resume.{folder} {where}"
             )
-        if new == 0:
+        if new == 0 and self.complete:
             nothing = f"Nothing new: all {self.skipped} images were already done" if self.skipped else "No images"
             return f"{nothing} (in {self.seconds:.1f} s).{folder} {where}"
         stopped = ""

@@ -48,9 +48,10 @@ class CoreSplit:
 def split_cores(
     workers: str | int, render_workers: str | int, threads: str | int, device: torch.device, cores: int | None = None
 ) -> CoreSplit:
-    """Each `auto` from the core count. On a CPU the model needs every core it can get and the output
-    stage one worker; on a GPU host the model needs few CPU threads, decoding and rendering need many
-    (benchmarks/RESULTS.md has the splits measured)."""
+    """Each `auto` from the core count. On a CPU the model gets every core as torch threads, beside at least
+    two render workers (a quarter of the cores from 8 up) and one decode worker per 4 cores; on a GPU host
+    the model needs few CPU threads, decoding and rendering need many (benchmarks/RESULTS.md: the splits
+    measured)."""
     cores = cores or os.cpu_count() or 2
     if device.type == "cpu":  # 2 cores: 2 render workers beside 2 torch threads measured best at 0.3 and 12 MP
         auto = CoreSplit(decode=max(1, min(8, cores // 4)), render=max(min(2, cores), cores // 4), threads=cores)

@@ -234,7 +234,8 @@ def stream(job: RunJob) -> RunSummary:
     config, options, out_dir, events = job.prepared.config, job.options, job.out_dir, job.events
     summary, clock = RunSummary.start(out_dir)
     todo, walked_all = job.todo(summary)
-    # The pending list lives on the driver (a few hundred bytes per image) for Ray to split into blocks.
+    # The pending list lives on the driver (a few hundred bytes per image, plus the bytes of pending tar
+    # members) for Ray to split into blocks.
     rows = [{"source": pickle.dumps(source)} for source in todo]
     if not rows:
         summary.complete = walked_all()

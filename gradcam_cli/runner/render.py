@@ -65,7 +65,8 @@ class RenderSettings:
     overlay_max_side: int | None
     raw: bool
     report: bool
-    max_pixels: int  # the original is decoded again for the overlay, under the same limit
+    max_pixels: int  # the original is decoded again for the overlay, under the same limits
+    max_bytes: int | None = None
 
     @classmethod
     def of(cls, config: Config) -> RenderSettings:
@@ -82,6 +83,7 @@ class RenderSettings:
             raw=output.raw,
             report=output.report,
             max_pixels=config.input.max_pixels,
+            max_bytes=int(config.input.max_file_mb * 2**20) if config.input.max_file_mb else None,
         )
 
 
@@ -100,7 +102,7 @@ class RenderJob:
     settings: RenderSettings
 
 
-_READER = SourceReader()  # one per process: zip archives stay open between images
+_READERS: dict[int | None, SourceReader] = {}  # per process and size cap: zip archives stay open between images
 
 
 def render_image(job: RenderJob) -> tuple[str, str] | None:
@@ -144,7 +146,10 @@ def render_image(job: RenderJob) -> tuple[str, str] | None:
 
 def _original(job: RenderJob) -> np.ndarray:
     """The original as displayed (BGR uint8), decoded from the bytes the decode stage hashed."""
-    data = _READER.read(job.source)
+    reader = _READERS.get(job.settings.max_bytes) or _READERS.setdefault(
+        job.settings.max_bytes, SourceReader(job.settings.max_bytes)
+    )
+    data = reader.read(job.source)
     if job.sha256 is not None and hashlib.sha256(data).hexdigest() != job.sha256:
         raise ImageReadError("SourceChanged", "the file changed while it was processed; rerun to explain it")
     return decode_bgr(data, job.settings.max_pixels, job.geometry.original)
@@ -254,7 +259,10 @@ class RenderPool:
             self.pool = ProcessPoolExecutor(
                 processes, mp_context=context, initializer=_start_render_worker, initargs=(os.getpid(),)
             )
-            self.pool.submit(_nothing).result()  # start every worker now, while this process has few threads
+            # start every worker now, while this process has few threads (one task per worker, all at once:
+            # also where an executor would start its workers one by one, on demand)
+            for started in [self.pool.submit(_nothing) for _ in range(processes)]:
+                started.result()
         else:
             self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradcam-render")
         # per batch: its records, and per ok record's row its render job and the job's future

@@ -78,7 +78,7 @@ def run(config: Config, options: RunOptions) -> RunSummary:
                 stack.enter_context(lock)
             if not options.overwrite:
                 check_previous_config(out_dir, config)
-                unchanged = _nothing_to_do(config, inputs, out_dir, records_path, options, events)
+                unchanged = _nothing_to_do(config, inputs, out_dir, records_path, options, events, warned)
                 if unchanged is not None:
                     return unchanged
         backend = backend_named(options.backend)
@@ -141,12 +141,19 @@ def run(config: Config, options: RunOptions) -> RunSummary:
 
 
 def _nothing_to_do(
-    config: Config, inputs: list[str], out_dir: Path, records_path: Path, options: RunOptions, events: EventLog
+    config: Config,
+    inputs: list[str],
+    out_dir: Path,
+    records_path: Path,
+    options: RunOptions,
+    events: EventLog,
+    warned: Warned,
 ) -> RunSummary | None:
     """A rerun of a finished folder with nothing new (the nightly cron over an unchanged archive): the
-    manifest is rewritten with this run's counts, in well under a second, without importing torch or
-    building the model. None when there is anything to do (or no earlier manifest to take the model's
-    description from): the run goes the usual way."""
+    manifest is rewritten with this run's counts, in well under a second, without building the model (nor
+    importing torch, except for timm and ONNX configs, whose preprocessing defaults come from those
+    libraries). None when there is anything to do (or no earlier manifest to take the model's description
+    from): the run goes the usual way."""
     if not options.resume or options.shard is not None or STDIN in inputs or not records_path.exists():
         return None
     try:
@@ -161,29 +168,34 @@ def _nothing_to_do(
     if next(todo, None) is not None:
         return None
     summary.complete = walked_all()
-    identity = claim_run_info(out_dir, config, records_path)  # run.json of an older release gets its identity
-    remove_stale_temp_files(out_dir)  # a plain run holding the folder lock, as _prepare_output would
-    summary.seconds = time.perf_counter() - clock
-    events.emit(
-        "run_started",
-        config_hash=identity.hash,
-        inputs=inputs,
-        out_dir=str(out_dir),
-        device=previous.get("device"),
-        already_done=len(done),
-    )
-    header = {
-        key: value for key, value in previous.items() if key not in ("images", "summary", "run", "schema_version")
-    }
-    header.update(
-        config=config.model_dump(mode="json"),
-        started_at=summary.started_at.isoformat(timespec="seconds"),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        warnings=[],
-    )
-    summary.manifest, summary.folder = write_manifest(out_dir, header, summary.run_block())
-    publish(out_dir, summary.manifest, config.output.report)
-    events.emit("run_finished", summary=summary.as_dict())
+    try:
+        identity = claim_run_info(out_dir, config, records_path)  # run.json of an older release gets its identity
+        remove_stale_temp_files(out_dir)  # a plain run holding the folder lock, as _prepare_output would
+        summary.seconds = time.perf_counter() - clock
+        events.emit(
+            "run_started",
+            config_hash=identity.hash,
+            inputs=inputs,
+            out_dir=str(out_dir),
+            device=previous.get("device"),
+            already_done=len(done),
+        )
+        header = {
+            key: value for key, value in previous.items() if key not in ("images", "summary", "run", "schema_version")
+        }
+        header.update(
+            config=config.model_dump(mode="json"),
+            started_at=summary.started_at.isoformat(timespec="seconds"),
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            warnings=warned.messages,
+            tool={"name": "gradcam-cli", "version": __version__},
+        )
+        summary.warnings = warned.messages
+        summary.manifest, summary.folder = write_manifest(out_dir, header, summary.run_block())
+        publish(out_dir, summary.manifest, config.output.report)
+        events.emit("run_finished", summary=summary.as_dict())
+    except OSError as exc:  # as _prepare_output would say it: exit 4, records stay valid
+        raise OutputError(f"cannot write to the output folder {out_dir}: {exc.strerror or exc}.") from None
     return summary
 
 
