@@ -553,3 +553,18 @@ def test_a_previous_release_folder_whose_files_are_gone_is_refused(
     refused = gradcam("run", "-c", str(config_file(model={"labels": str(moved)})), "-i", str(image_folder), "-q")
     assert refused.exit_code == 2
     assert f"the labels of the last run ({labels}) is gone" in " ".join(refused.stderr.split())
+
+
+def test_an_interrupted_run_says_so_and_what_is_left(tmp_path: Path, tiny_weights: Path) -> None:
+    """Reviewer repro: exit 130 printed "80 images: 80 ok, 0 failed, 0 skipped", as if the run were done."""
+    command, out = _slow_run(tmp_path, tiny_weights)
+    command = [part for part in command if part != "-q"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_records(out, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    line = stderr.decode().strip().splitlines()[-1]
+    assert line.startswith("Interrupted by SIGINT after") and "images left" in line and "rerun" in line
+    left = int(line.split("images left")[0].rsplit(";", 1)[1])
+    assert left == 16 - manifest(out)["summary"]["total"]
