@@ -330,7 +330,8 @@ def page():
 
 def _loaded(page, selector: str = ".grid img") -> list[dict[str, Any]]:
     """The visible images once all have finished loading; fails naming any that did not decode."""
-    page.wait_for(VISIBLE_IMAGES + "return visible.every((i) => i.complete);", 10, selector)
+    # wait for at least one: right after a click the dialog may not have laid out its pictures yet
+    page.wait_for(VISIBLE_IMAGES + "return visible.length > 0 && visible.every((i) => i.complete);", 10, selector)
     images = page.run_js(VISIBLE_IMAGES + "return visible;", selector)
     assert images, f"no visible images for {selector}"
     assert [i["src"] for i in images if i["width"] == 0] == []
