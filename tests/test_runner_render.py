@@ -252,3 +252,32 @@ def test_fail_fast_also_stops_on_an_image_whose_render_failed(
     config = parse_config({**tiny_config, "runtime": runtime}, tmp_path)
     summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True, fail_fast=True))
     assert summary.failed >= 1 and summary.total < 3 and not summary.complete
+
+
+def test_an_image_that_fails_part_way_leaves_no_files(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path, monkeypatch
+) -> None:
+    """Out of memory on the second class's overlay: its record is an error, and the files it had already
+    written (first class, second heatmap) are taken back, so no file lies without a record."""
+    from gradcam_cli.io import outputs
+    from gradcam_cli.runner.options import RunOptions
+    from gradcam_cli.runner.run import run
+
+    real, calls = outputs.blend_bgr, {"n": 0}
+
+    def second_blend_fails(*args: Any, **kwargs: Any) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise MemoryError
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "blend_bgr", second_blend_fails)
+    runtime = {**tiny_config["runtime"], "render_workers": 0, "batch_size": 1}
+    cam = {"targets": "topk", "top_k": 2}
+    config = parse_config({**tiny_config, "runtime": runtime, "cam": cam}, tmp_path)
+    summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    records = {r["path"]: r for r in json.loads(summary.manifest.read_text())["images"]}
+    assert records["a.jpg"]["error"]["type"] == "MemoryError" and summary.failed == 1
+    out = tmp_path / "out"
+    assert not [p for p in out.rglob("a.jpg.*") if p.is_file()]
+    assert (out / "heatmaps" / "a.png.cls0.png").exists() or (out / "heatmaps" / "a.png.cls1.png").exists()

@@ -122,6 +122,22 @@ def shrunk(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
     return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
+def output_files(job: OutputJob) -> list[Path]:
+    """Every file `write_outputs` writes for `job` (to take them back when the image fails part-way)."""
+    files: list[Path] = []
+    for k, name in enumerate(job.names):
+        if job.write_heatmaps:
+            files.append(job.out_dir / HEATMAPS / name)
+        if job.original is not None:
+            files.append(job.out_dir / OVERLAYS / (job.overlay_names or job.names)[k])
+        if job.raw_feature is not None:
+            stem = name.removesuffix(".png")
+            files += [job.out_dir / RAW / (stem + ".feature.npy"), job.out_dir / RAW / (stem + ".npy")]
+    if job.thumbnail is not None:
+        files.append(job.out_dir / job.thumbnail)
+    return files
+
+
 def write_outputs(job: OutputJob) -> None:
     """Encode and atomically write the heatmap, overlay (and raw) files of one image."""
     overlay_names = job.overlay_names or job.names

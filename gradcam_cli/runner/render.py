@@ -38,7 +38,16 @@ from gradcam_cli.io.discovery import ImageSource
 from gradcam_cli.io.encode import OVERLAY_SUFFIXES
 from gradcam_cli.io.geometry import Geometry, to_original_frame
 from gradcam_cli.io.manifest import RecordsWriter
-from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW, OutputJob, output_name, thumbnail_name, write_outputs
+from gradcam_cli.io.outputs import (
+    HEATMAPS,
+    OVERLAYS,
+    RAW,
+    OutputJob,
+    output_files,
+    output_name,
+    thumbnail_name,
+    write_outputs,
+)
 from gradcam_cli.runner.loader import DecodedBatch, SourceReader
 from gradcam_cli.runner.prepare import PreparedRun
 from gradcam_cli.runner.records import TOP_PREDICTIONS, error_record, label_of, ok_record
@@ -112,6 +121,7 @@ def render_image(job: RenderJob) -> tuple[str, str] | None:
     that becomes an error record. A failing write (disk full, permissions) raises OSError: it stops
     the run (exit 4)."""
     settings = job.settings
+    output: OutputJob | None = None
     try:
         original = _original(job) if settings.overlays else None
         cams = torch.from_numpy(job.cams)
@@ -140,6 +150,9 @@ def render_image(job: RenderJob) -> tuple[str, str] | None:
     except ImageReadError as exc:
         return (exc.kind, f"the original could not be read again for its overlay: {exc}")
     except MemoryError:
+        if output is not None:  # part of its files may be written: an error record names none of them
+            for path in output_files(output):
+                path.unlink(missing_ok=True)
         return ("MemoryError", "not enough memory to render the image at its original size")
     return None
 
