@@ -339,6 +339,11 @@ class InputConfig(_Strict):
     exclude: tuple[str, ...] = Field((), description="glob patterns on the relative path to leave out")
     follow_symlinks: bool = Field(True, description="follow symlinked files and folders (loops are detected)")
 
+    @property
+    def max_file_bytes(self) -> int:
+        """`max_file_mb` in bytes: the one conversion discovery, the decode and the render workers use."""
+        return int(self.max_file_mb * 2**20)
+
     @field_validator("extensions")
     @classmethod
     def _dotted_lowercase(cls, value: tuple[str, ...]) -> tuple[str, ...]:

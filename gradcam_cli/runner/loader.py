@@ -124,8 +124,7 @@ class DecodeDataset(Dataset):
         self.pad_rgb = tuple(int(round(m * 255)) for m in preprocess.mean)
         self.max_pixels = inputs.max_pixels
         self.fast_decode = preprocess.fast_decode
-        max_file_mb = getattr(inputs, "max_file_mb", None)  # input.max_file_mb
-        self.reader = SourceReader(int(max_file_mb * 2**20) if max_file_mb else None)
+        self.reader = SourceReader(inputs.max_file_bytes)
 
     def __getitem__(self, source: ImageSource) -> DecodedItem:  # type: ignore[override]
         if source.error is not None:

@@ -92,7 +92,7 @@ class RenderSettings:
             raw=output.raw,
             report=output.report,
             max_pixels=config.input.max_pixels,
-            max_bytes=int(config.input.max_file_mb * 2**20) if config.input.max_file_mb else None,
+            max_bytes=config.input.max_file_bytes,
         )
 
 
@@ -159,9 +159,10 @@ def render_image(job: RenderJob) -> tuple[str, str] | None:
 
 def _original(job: RenderJob) -> np.ndarray:
     """The original as displayed (BGR uint8), decoded from the bytes the decode stage hashed."""
-    reader = _READERS.get(job.settings.max_bytes) or _READERS.setdefault(
-        job.settings.max_bytes, SourceReader(job.settings.max_bytes)
-    )
+    cap = job.settings.max_bytes
+    reader = _READERS.get(cap)
+    if reader is None:
+        reader = _READERS[cap] = SourceReader(cap)
     data = reader.read(job.source)
     if job.sha256 is not None and hashlib.sha256(data).hexdigest() != job.sha256:
         raise ImageReadError("SourceChanged", "the file changed while it was processed; rerun to explain it")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gradcam_cli.config import Config
-from gradcam_cli.io.discovery import MIB, Filters, Ignored, ImageSource, discover, read_tar_members
+from gradcam_cli.io.discovery import Filters, Ignored, ImageSource, discover, read_tar_members
 from gradcam_cli.io.manifest import RECORDS_NAME, DoneImage, load_done
 from gradcam_cli.runner.resume import pending
 from gradcam_cli.runner.shards import Shard
@@ -20,7 +20,7 @@ def filters_of(config: Config) -> Filters:
         include=config.input.include,
         exclude=config.input.exclude,
         follow_symlinks=config.input.follow_symlinks,
-        max_file_bytes=int(config.input.max_file_mb * MIB),
+        max_file_bytes=config.input.max_file_bytes,
     )
 
 
