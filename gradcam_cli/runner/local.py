@@ -15,6 +15,7 @@ import torch
 
 from gradcam_cli.config import Config
 from gradcam_cli.io.manifest import RecordsWriter
+from gradcam_cli.runner.heap import keep_large_blocks
 from gradcam_cli.runner.job import RunJob
 from gradcam_cli.runner.loader import DecodeDataset, decoded_batches, normalise
 from gradcam_cli.runner.options import RunOptions, RunSummary, progress_bar
@@ -42,6 +43,7 @@ def stream(job: RunJob) -> RunSummary:
     config = prepared.config
     cores = split_cores(config.runtime.workers, config.runtime.render_workers, config.runtime.threads, prepared.device)
     torch.set_num_threads(cores.threads)
+    keep_large_blocks()  # before any worker forks: they inherit it
     records = RecordsWriter(job.records_path)
     try:
         renderer = RenderPool(records, cores.render)  # forked first, before any other worker or thread starts

@@ -34,6 +34,7 @@ import numpy as np
 from gradcam_cli.config import Config
 from gradcam_cli.errors import ConfigError, GradcamError, ModelError, OutputError
 from gradcam_cli.io.manifest import RecordsWriter
+from gradcam_cli.runner.heap import keep_large_blocks
 from gradcam_cli.runner.job import RunJob
 from gradcam_cli.runner.options import RunOptions, RunSummary, progress_bar
 from gradcam_cli.runner.signals import StopSignals
@@ -90,6 +91,7 @@ class CamActor:
         elif loaded.runtime.device == "auto":  # no GPU was allotted to this actor
             loaded = loaded.model_copy(update={"runtime": loaded.runtime.model_copy(update={"device": "cpu"})})
         torch.set_num_threads(max(1, threads))
+        keep_large_blocks()  # the actor's render threads reuse full-size buffers between images
         self.prepared = prepare(loaded)
         self.out_dir = Path(out_dir)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradcam-ray-writer")
