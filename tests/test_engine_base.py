@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -215,3 +216,29 @@ def test_fp16_gradients_that_underflow_are_flagged_not_blank() -> None:
     except RuntimeError as exc:  # pragma: no cover - a CPU build without fp16 autocast
         pytest.skip(f"fp16 autocast unavailable on this CPU build: {exc}")
     assert {flag for row in batch.quality for flag in row} == {"underflow"}
+
+
+def test_host_copies_a_batch_once_and_keeps_every_figure(monkeypatch) -> None:
+    from gradcam_cli.engine.base import CamBatch
+
+    generator = torch.Generator().manual_seed(0)
+    batch = CamBatch(
+        probabilities=torch.rand(3, 1000, generator=generator).softmax(1),
+        class_indices=torch.tensor([[999, 0], [5, 6], [123, 4]]),
+        cams=torch.rand(3, 2, 8, 8, generator=generator),
+        raw_max=torch.tensor([[1.0, 0.0], [2.0, 2.0], [float("nan"), 1.0]]),
+        raw=torch.rand(3, 2, 2, 2, generator=generator),
+        raw_min=torch.tensor([[0.0, 0.0], [0.0, 2.0], [0.0, 0.0]]),
+        nonfinite=torch.tensor([[False, False], [False, False], [True, False]]),
+        underflow=torch.tensor([[False, False], [False, False], [False, True]]),
+    )
+    copies = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: copies.append(self.shape) or real_cpu(self, *a, **k))
+    host = batch.host(cams=True, raw=True)
+    assert len(copies) == 1  # one device-to-host copy per batch
+    assert torch.equal(torch.from_numpy(host.probabilities), batch.probabilities)
+    assert host.class_indices.dtype == np.int64 and host.class_indices.tolist() == batch.class_indices.tolist()
+    assert torch.equal(torch.from_numpy(host.cams), batch.cams) and torch.equal(torch.from_numpy(host.raw), batch.raw)
+    assert host.quality == [["ok", "empty"], ["ok", "flat"], ["nonfinite", "underflow"]]
+    assert batch.host(cams=False).cams is None and batch.host().raw is None

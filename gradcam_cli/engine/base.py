@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +43,18 @@ class TargetSpec:
 
 
 @dataclass
+class HostCams:
+    """A CamBatch's figures on the host, from one device-to-host copy (`CamBatch.host`)."""
+
+    probabilities: np.ndarray  # (B, N) float32
+    class_indices: np.ndarray  # (B, K) int64
+    raw_max: np.ndarray  # (B, K) float32
+    quality: list[list[str]]  # (B, K)
+    cams: np.ndarray | None  # (B, K, H, W) float32, unless left on the device
+    raw: np.ndarray | None  # (B, K, h, w) float32, when asked for
+
+
+@dataclass
 class CamBatch:
     """Engine output for one batch of B images and K targets each (all tensors on the model's device)."""
 
@@ -50,7 +63,40 @@ class CamBatch:
     cams: torch.Tensor  # (B, K, H, W) normalised to [0, 1] at the model input size, float32
     raw_max: torch.Tensor  # (B, K) maximum of the raw (ReLU'd, not normalised) map, mean over layers
     raw: torch.Tensor  # (B, K, h, w) raw map of the first target layer at feature resolution
-    quality: list[list[str]]  # (B, K) ok | empty | flat | nonfinite | underflow (fp16 gradients all zero)
+    raw_min: torch.Tensor  # (B, K) minimum of the raw map, mean over layers
+    nonfinite: torch.Tensor  # (B, K) bool: the raw map had NaN or Inf
+    underflow: torch.Tensor | None = None  # (B, K) bool: fp16 gradients all zero
+
+    def host(self, cams: bool = True, raw: bool = False) -> HostCams:
+        """Everything the records and render jobs need, in one device-to-host copy: the tensors are packed
+        into one float32 buffer on the device (class indices are exact in float32 below 2**24), so a GPU
+        run syncs once per batch, not once per figure or per image."""
+        b, k = self.class_indices.shape
+        if self.probabilities.shape[1] >= 2**24:
+            raise ValueError("more classes than float32 counts exactly")
+        flags = self.underflow if self.underflow is not None else torch.zeros_like(self.nonfinite)
+        parts = [self.probabilities, self.class_indices, self.raw_max, self.raw_min, self.nonfinite, flags]
+        parts += ([self.cams] if cams else []) + ([self.raw] if raw else [])
+        packed = torch.cat([part.detach().reshape(-1).float() for part in parts]).cpu().numpy()
+        arrays, start = [], 0
+        for part in parts:
+            arrays.append(packed[start : start + part.numel()].reshape(part.shape))
+            start += part.numel()
+        probabilities, classes, top, bottom, bad, lost = arrays[:6]
+        rest = iter(arrays[6:])
+        return HostCams(
+            probabilities=probabilities,
+            class_indices=classes.astype(np.int64),
+            raw_max=top,
+            quality=_quality(top, bottom, bad > 0, lost > 0),
+            cams=next(rest) if cams else None,
+            raw=next(rest) if raw else None,
+        )
+
+    @property
+    def quality(self) -> list[list[str]]:
+        """(B, K) ok | empty | flat | nonfinite | underflow (fp16 gradients all zero)."""
+        return self.host(cams=False).quality
 
 
 def default_to_spatial(activation: torch.Tensor) -> torch.Tensor:
@@ -74,12 +120,10 @@ def min_max(maps: torch.Tensor) -> torch.Tensor:
     return shifted / (shifted.amax(dim=(-2, -1), keepdim=True) + NORM_EPS)
 
 
-def _quality(
-    raw_max: torch.Tensor, raw_min: torch.Tensor, nonfinite: torch.Tensor, underflow: torch.Tensor | None = None
-) -> list[list[str]]:
+def _quality(raw_max: np.ndarray, raw_min: np.ndarray, nonfinite: np.ndarray, underflow: np.ndarray) -> list[list[str]]:
     flags: list[list[str]] = []
-    lost = underflow.tolist() if underflow is not None else [[False] * raw_max.shape[1]] * raw_max.shape[0]
-    for bmax, bmin, bbad, blost in zip(raw_max.tolist(), raw_min.tolist(), nonfinite.tolist(), lost, strict=True):
+    rows = zip(raw_max.tolist(), raw_min.tolist(), nonfinite.tolist(), underflow.tolist(), strict=True)
+    for bmax, bmin, bbad, blost in rows:
         row = []
         for top, bottom, bad, gone in zip(bmax, bmin, bbad, blost, strict=True):
             if bad:
@@ -351,7 +395,9 @@ class CamEngine:
             cams=cams,
             raw_max=top,
             raw=first,
-            quality=_quality(top, bottom, nonfinite, underflow),
+            raw_min=bottom,
+            nonfinite=nonfinite,
+            underflow=underflow,
         )
 
 

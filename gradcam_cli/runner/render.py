@@ -177,7 +177,8 @@ def render_batch(
     submit: Callable[[RenderJob], object],
 ) -> list[dict[str, Any]]:
     """A batch's records, in input order; each ok image's render job goes to `submit` as soon as it is
-    ready. One device-to-host copy per batch: the jobs carry numpy arrays (no shared-memory tensors)."""
+    ready. One device-to-host copy per batch (`CamBatch.host`): the jobs carry numpy arrays (no
+    shared-memory tensors)."""
     config = prepared.config
     labels = prepared.model.labels
     settings = RenderSettings.of(config)
@@ -185,11 +186,12 @@ def render_batch(
     overlay_suffix = OVERLAY_SUFFIXES[config.output.overlay_format]
     records: list[dict[str, Any]] = []
     if result is not None:
-        cams = result.cams.detach().float().cpu().numpy()
-        raws = result.raw.detach().float().cpu().numpy() if config.output.raw else None
-        probabilities_all = result.probabilities.detach().float().cpu()
-        classes_all = result.class_indices.cpu().tolist()
-        raw_max_all = result.raw_max.detach().float().cpu().tolist()
+        host = result.host(cams=True, raw=config.output.raw)  # one device-to-host copy per batch
+        cams, raws = host.cams, host.raw
+        probabilities_all = torch.from_numpy(host.probabilities)
+        classes_all = host.class_indices.tolist()
+        raw_max_all = host.raw_max.tolist()
+        quality_all = host.quality
     position = {item_index: row for row, item_index in enumerate(batch.ok)}
     for index, item in enumerate(batch.items):
         if item.skipped:
@@ -231,7 +233,7 @@ def render_batch(
                 "heatmap": f"{HEATMAPS}/{name}" if config.output.heatmaps else None,
                 "overlay": f"{OVERLAYS}/{overlay_names[rank]}" if config.output.overlays else None,
                 "raw_max": float(raw_max_all[row][rank]),
-                "quality": result.quality[row][rank],
+                "quality": quality_all[row][rank],
             }
             if config.output.raw:
                 entry["raw"] = f"{RAW}/{name.removesuffix('.png')}.npy"
