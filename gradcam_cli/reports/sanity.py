@@ -29,6 +29,7 @@ import numpy as np
 
 from gradcam_cli import __version__
 from gradcam_cli.config import SanityConfig
+from gradcam_cli.errors import ConfigError
 from gradcam_cli.io.files import atomic_write_bytes
 from gradcam_cli.reports.compare_formats import printable
 
@@ -279,6 +280,16 @@ def text_table(check: SanityCheck) -> str:
     return "\n".join(lines)
 
 
+def check_report_path(path: Path) -> None:
+    """A ConfigError (exit 2) for a report path that cannot be written: its folder is missing, or it is a
+    folder. Checked before the model work, so a typo does not cost the whole check."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"report path {path} is a folder; give a file name, e.g. {path / 'sanity.json'}.")
+    if not path.parent.is_dir():
+        raise ConfigError(f"the folder of report path {path} does not exist; create {path.parent} first.")
+
+
 def write_json(check: SanityCheck, path: Path) -> None:
     text = json.dumps(check.as_dict(), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
     atomic_write_bytes(Path(path), text.encode() + b"\n")
@@ -307,7 +318,11 @@ def write_junit(check: SanityCheck, path: Path) -> None:
         name = f"{index + 1:02d} {step.name}" if step.kind == CASCADE else step.name
         case = ET.SubElement(suite, "testcase", classname=f"gradcam.sanity.{check.method}", name=printable(name))
         case.set("time", "0")
-        detail = ", ".join(f"{h}={c}" for h, c in zip(HEADERS[2:], cells[2:], strict=True))
+        reached = "n/a" if step.kind == RANDOM_CLASS else ("yes" if step.reaches_target else "no")
+        detail = (
+            f"re-initialised: {printable(', '.join(step.randomised) or 'nothing')}; target layer reached: {reached}; "
+        )
+        detail += ", ".join(f"{h}={c}" for h, c in zip(HEADERS[3:], cells[3:], strict=True))
         if step is check.deepest and check.flagged:
             failure = ET.SubElement(case, "failure", type="flagged", message="; ".join(check.reasons())[:500])
             failure.text = check.summary_line() + "\n" + detail

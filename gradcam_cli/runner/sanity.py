@@ -277,4 +277,3 @@ def check_sanity(config: Config, inputs: list[str], stdin: TextIO | None = None)
         skipped=skipped,
         model=dict(prepared.model.description, num_classes=prepared.num_classes),
     )
-
