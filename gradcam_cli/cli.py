@@ -461,7 +461,7 @@ def sanity(
             if path is not None:
                 check_report_path(path)  # before the model work, not after it
         with _warnings_to_user(quiet=False):
-            result = check_sanity(cfg, inputs, sys.stdin)
+            result = check_sanity(cfg, inputs, sys.stdin, lambda line: typer.echo(f"gradcam: {line}", err=True))
         for path, write in ((junit, write_junit), (json_report, write_json)):
             if path is not None:
                 write(result, path)

@@ -187,6 +187,30 @@ def test_the_check_never_changes_the_checkpoint(config_file, image_folder: Path,
     assert sha256(tiny_weights) == digest and tiny_weights.stat().st_mtime_ns == stat.st_mtime_ns
 
 
+def test_max_steps_stops_the_cascade_early(config_file, image_folder: Path) -> None:
+    result = check_sanity(load_config(config_file(sanity={"max_steps": 2, "random_class": False})), [str(image_folder)])
+    assert [s.name for s in result.steps] == ["head", "features.3"]
+    assert result.deepest.randomised == ("head", "features.3")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_reinitialise_draws_the_same_weights_on_a_gpu() -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    on_cpu = torchvision.models.resnet18(num_classes=10).eval().requires_grad_(False)
+    on_gpu = torchvision.models.resnet18(num_classes=10).eval().requires_grad_(False)
+    on_gpu.load_state_dict(on_cpu.state_dict())
+    on_gpu = on_gpu.cuda().to(memory_format=torch.channels_last)
+    for model in (on_cpu, on_gpu):
+        reinitialise(model, Block("layer4"), seed=3)
+    weight = on_gpu.layer4[0].conv1.weight
+    assert weight.is_cuda and weight.is_contiguous(memory_format=torch.channels_last)
+    for name, tensor in on_cpu.state_dict().items():
+        assert torch.equal(on_gpu.state_dict()[name].cpu(), tensor), name
+
+
 def test_unreadable_images_are_skipped_and_reported(config_file, image_folder: Path) -> None:
     (image_folder / "broken.jpg").write_bytes(b"not an image")
     result = check_sanity(load_config(config_file()), [str(image_folder)])
@@ -215,6 +239,7 @@ def test_cli_passes_gradcam_with_json_and_junit(demo_config: Path, tmp_path: Pat
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "PASS: gradcam's maps change" in result.output and "features" in result.output
+    assert "gradcam: step 2/2: features re-initialised, mean Spearman" in result.output  # progress, on stderr
     assert files_under(tmp_path) - before == {reports / "sanity.json", reports / "junit.xml"}, "writes only those"
     assert sha256(DEMO_WEIGHTS) == weights
     data = json.loads((reports / "sanity.json").read_text())

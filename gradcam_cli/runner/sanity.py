@@ -17,8 +17,7 @@ memory changes: checkpoints are read, never written, and nothing is written but 
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -161,16 +160,13 @@ def _sample(config: Config, inputs: list[str], stdin: TextIO | None, workers: in
     return _Sample(paths, torch.stack(pixels), boxes, skipped)
 
 
-def _explain(
-    prepared: PreparedRun, pixels: torch.Tensor, classes: torch.Tensor
-) -> tuple[torch.Tensor, list[list[str]]]:
-    """The maps (N, K, H, W) of the given classes (N, K), on the CPU, with their quality flags. The engine
-    explains one class for a whole batch, so rows are grouped by class (the cascade explains the classes
-    the trained model chose, whatever the randomised one predicts)."""
+def _explain(prepared: PreparedRun, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The maps (N, K, H, W) of the given classes (N, K), on the CPU. The engine explains one class for a
+    whole batch, so rows are grouped by class (the cascade explains the classes the trained model chose,
+    whatever the randomised one predicts)."""
     config, engine = prepared.config, prepared.engine
     count, k = classes.shape
     cams = torch.zeros(count, k, *config.preprocess.size)
-    quality = [["ok"] * k for _ in range(count)]
     for rank in range(k):
         for cls in classes[:, rank].unique().tolist():
             rows = (classes[:, rank] == cls).nonzero().flatten()
@@ -178,9 +174,7 @@ def _explain(
                 images = normalise(pixels[chunk], config.preprocess, prepared.device)
                 result = engine.explain(images, TargetSpec("fixed", classes=(int(cls),)))
                 cams[chunk, rank] = result.cams[:, 0].float().cpu()
-                for row, flags in zip(chunk.tolist(), result.quality, strict=True):
-                    quality[row][rank] = flags[0]
-    return cams, quality
+    return cams
 
 
 def _trained(prepared: PreparedRun, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
@@ -214,9 +208,16 @@ def _random_other_classes(classes: torch.Tensor, num_classes: int, seed: int) ->
     return draw + (draw >= classes).long()  # skip the explained class itself
 
 
-def check_sanity(config: Config, inputs: list[str], stdin: TextIO | None = None) -> SanityCheck:
+def check_sanity(
+    config: Config,
+    inputs: list[str],
+    stdin: TextIO | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> SanityCheck:
     """Run the sanity check on the first `config.sanity.limit` images of `inputs`; raises GradcamError
-    (exit 2) for a config, model or input that cannot be checked. Writes nothing."""
+    (exit 2) for a config, model or input that cannot be checked. Writes nothing. `progress` hears one line
+    per step (a deep cascade on a large model takes a while)."""
+    tell = progress or (lambda line: None)
     inputs = check_inputs(inputs)
     config = with_source_defaults(config)
     limits = config.sanity
@@ -240,7 +241,7 @@ def check_sanity(config: Config, inputs: list[str], stdin: TextIO | None = None)
     sample = _sample(config, inputs, stdin, cores.decode)
     prepared.engine.show_progress = False
     steps: list[Step] = []
-    with NondeterministicOps(), warnings.catch_warnings(), prepared.engine:
+    with NondeterministicOps(), prepared.engine:
         trained, classes, quality = _trained(prepared, sample.pixels)
         keep = [(row, rank) for row in range(len(sample.paths)) for rank in range(classes.shape[1])]
         blank = [(row, rank) for row, rank in keep if quality[row][rank] in ("empty", "flat", "nonfinite")]
@@ -252,11 +253,11 @@ def check_sanity(config: Config, inputs: list[str], stdin: TextIO | None = None)
         if not keep:
             raise ConfigError(
                 f"every map of the trained model is blank ({len(blank)} maps empty or flat), so there is nothing "
-                f"to compare; check model.target_layer and cam.method with `gradcam run` first."
+                "to compare; check model.target_layer and cam.method with `gradcam run` first."
             )
         if limits.random_class and prepared.num_classes > 1:
             others = _random_other_classes(classes, prepared.num_classes, limits.seed)
-            cams, _ = _explain(prepared, sample.pixels, others)
+            cams = _explain(prepared, sample.pixels, others)
             steps.append(Step("random class", RANDOM_CLASS, (), False, _changes(sample, keep, classes, trained, cams)))
         randomised: list[str] = []
         reaches = False
@@ -264,9 +265,11 @@ def check_sanity(config: Config, inputs: list[str], stdin: TextIO | None = None)
             reinitialise(module, block, limits.seed + index + 1)
             randomised.append(block.label)
             reaches = reaches or block.reaches_target
-            cams, _ = _explain(prepared, sample.pixels, classes)
+            cams = _explain(prepared, sample.pixels, classes)
             changes = _changes(sample, keep, classes, trained, cams)
             steps.append(Step(block.label, CASCADE, tuple(randomised), reaches, changes))
+            mean = steps[-1].mean_spearman
+            tell(f"step {index + 1}/{len(blocks)}: {block.label} re-initialised, mean Spearman {mean:.3f}")
     steps.sort(key=lambda step: step.kind != CASCADE)  # the cascade top down, then the random-class row
     return SanityCheck(
         method=config.cam.method,
