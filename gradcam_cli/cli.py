@@ -411,6 +411,69 @@ def compare(
 
 
 @app.command()
+def sanity(
+    config: ConfigOption,
+    inputs: Annotated[
+        list[str],
+        typer.Option("--input", "-i", help="Image folder (recursive), image file, archive, or - for paths on stdin."),
+    ],
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Check the first N images (overrides sanity.limit, default 16).")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="CAM method to check (overrides cam.method).")] = None,
+    target_layer: Annotated[
+        str | None, typer.Option(help="Dotted module name(s), comma-separated, or auto (overrides model.target_layer).")
+    ] = None,
+    max_spearman: Annotated[
+        float | None,
+        typer.Option(help="Flag the method above this mean Spearman at the deepest step (default 0.7)."),
+    ] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML (one testcase per cascade step).")] = None,
+    json_report: Annotated[
+        Path | None, typer.Option("--json", help="Write the measures of every step and map as JSON.")
+    ] = None,
+) -> None:
+    """Check that the method explains the model: re-initialise its layers from the logits down, one block per
+    step, and measure how much the maps change (Adebayo et al. 2018, "Sanity Checks for Saliency Maps").
+
+    Exit codes: 0 the maps change (passes), 1 flagged (the maps barely change: they do not depend on the
+    model's weights), 2 unusable config, model or inputs (nothing written).
+    """
+    from gradcam_cli.config import load_config
+
+    layer: Any = target_layer
+    if target_layer is not None and "," in target_layer:
+        layer = [name.strip() for name in target_layer.split(",") if name.strip()]
+    overrides = _overrides(
+        **{
+            "cam.method": method,
+            "model.target_layer": layer,
+            "sanity.limit": limit,
+            "sanity.max_spearman": max_spearman,
+        }
+    )
+    try:
+        cfg = load_config(config, overrides)
+        from gradcam_cli.reports.sanity import check_report_path, text_table, write_json, write_junit
+        from gradcam_cli.runner.sanity import check_sanity
+
+        for path in (junit, json_report):
+            if path is not None:
+                check_report_path(path)  # before the model work, not after it
+        with _warnings_to_user(quiet=False):
+            result = check_sanity(cfg, inputs, sys.stdin, lambda line: typer.echo(f"gradcam: {line}", err=True))
+        for path, write in ((junit, write_junit), (json_report, write_json)):
+            if path is not None:
+                write(result, path)
+    except GradcamError as error:
+        raise _fail(error) from None
+    except OSError as exc:
+        raise _fail(GradcamError(f"cannot write the report: {exc}")) from None
+    typer.echo(text_table(result))
+    raise typer.Exit(code=result.exit_code)
+
+
+@app.command()
 def report(out_dir: Annotated[Path, typer.Argument(help="Output folder of `gradcam run`.")]) -> None:
     """Write OUT_DIR/index.html: a gallery of the overlays with filters, sorting and the failures."""
     try:

@@ -368,6 +368,35 @@ class CompareConfig(_Strict):
     allow_missing: bool = Field(False, description="images on one side only are reported, not an error")
 
 
+class SanityConfig(_Strict):
+    """`gradcam sanity` (Adebayo et al. 2018's model-randomisation test); not part of the config hash."""
+
+    limit: int = Field(16, ge=1, description="images checked: the first N in discovery order (--limit)")
+    max_spearman: float = Field(
+        0.7,
+        ge=-1.0,
+        le=1.0,
+        description="flag the method when the mean Spearman correlation between the trained model's maps and the "
+        "fully randomised model's is above this",
+    )
+    unchanged_spearman: float = Field(
+        0.9, ge=-1.0, le=1.0, description="a map counts as barely changed at a step when its Spearman is >= this"
+    )
+    max_unchanged_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="flag the method when more than this fraction of images barely changed at the deepest step",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="cascade steps, from the logits down (null: every parameterised block to the input)"
+    )
+    random_class: bool = Field(
+        True, description="also explain a random other class with the trained model (reported, not part of the verdict)"
+    )
+    seed: int = Field(0, ge=0, description="seed of the re-initialisation and of the random classes")
+
+
 class Config(_Strict):
     """The whole, validated configuration of one run."""
 
@@ -378,6 +407,7 @@ class Config(_Strict):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     input: InputConfig = Field(default_factory=InputConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    sanity: SanityConfig = Field(default_factory=SanityConfig)
 
     def config_hash(self) -> str:
         """Hash of the config's text (model, weights, layer, preprocessing, method, targets), paths included.

@@ -26,6 +26,7 @@ SECTION_NOTES = {
     "runtime": "Where and how fast to compute.",
     "input": "Which files are read.",
     "compare": "Thresholds for `gradcam compare` (attention regression checks in CI).",
+    "sanity": "Thresholds for `gradcam sanity` (does the method depend on the model's weights?).",
 }
 
 
