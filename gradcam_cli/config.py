@@ -194,6 +194,11 @@ class PreprocessConfig(_Strict):
         description="JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale (in the DCT "
         "domain) before the final resize: faster, model input within a few grey levels (README, Speed)",
     )
+    device_decode: bool = Field(
+        False,
+        description="baseline upright JPEGs are decoded, resized and (as JPEG overlays) rendered on the model's "
+        "device (nvJPEG on a GPU); others take the CPU path; model input within a few grey levels (README, GPU)",
+    )
 
     @field_validator("size")
     @classmethod
@@ -429,7 +434,7 @@ class Config(_Strict):
 
 # Hashed keys added after run folders already existed: {section: {key: default}}; at the default they are
 # left out of config_hash, so upgrading does not change any existing folder's hash.
-HASHED_WHEN_SET: dict[str, dict[str, Any]] = {"preprocess": {"fast_decode": False}}
+HASHED_WHEN_SET: dict[str, dict[str, Any]] = {"preprocess": {"fast_decode": False, "device_decode": False}}
 
 
 def did_you_mean(word: Any, choices: Any, n: int = 1, cutoff: float = 0.6, sentence: bool = False) -> str:

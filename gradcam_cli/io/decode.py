@@ -124,3 +124,25 @@ def decode_bgr(data: bytes, max_pixels: int, expected: tuple[int, int]) -> np.nd
                 return pixels
     rgb = np.asarray(decode_bytes(data, max_pixels), dtype=np.uint8)
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def device_decodable(data: bytes, max_pixels: int) -> tuple[int, int] | None:
+    """(width, height) when the bytes are a JPEG the model's device can decode to the same picture as
+    `decode_bytes` (preprocess.device_decode): baseline, RGB or greyscale, upright (no EXIF rotation),
+    within `max_pixels`. None for anything else (progressive, CMYK, rotated, not a JPEG, unreadable):
+    those take the CPU path."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            upright = image.getexif().get(ORIENTATION_TAG, 1) == 1
+            progressive = bool(image.info.get("progressive") or image.info.get("progression"))
+            mode = image.mode
+    except Exception:  # noqa: BLE001 - the CPU path decodes it, or says why it cannot
+        return None
+    if mode not in ("RGB", "L") or progressive or not upright or width * height > max_pixels:
+        return None
+    return width, height

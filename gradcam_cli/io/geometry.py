@@ -64,6 +64,32 @@ def to_model_input(image: Image.Image, geometry: Geometry, pad_rgb: tuple[int, i
     return canvas
 
 
+def to_model_input_tensor(image: torch.Tensor, geometry: Geometry, pad_rgb: tuple[int, int, int]) -> torch.Tensor:
+    """`to_model_input` on a (3, H0, W0) uint8 tensor, on its device (preprocess.device_decode): the same
+    bilinear, antialiased resize and placement. On the CPU torch's uint8 kernel gives Pillow's pixels
+    (within 1 grey level on a few pixels in 10,000); CUDA has only a float kernel, within 1 grey level on
+    more of them (tests/test_io_geometry.py). Returns (3, H, W) uint8."""
+    rh, rw = geometry.resized
+    resized = image
+    if tuple(image.shape[-2:]) != (rh, rw):
+        if image.device.type == "cpu":
+            resized = F.interpolate(image[None], size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)[0]
+        else:
+            scaled = F.interpolate(
+                image[None].float(), size=(rh, rw), mode="bilinear", antialias=True, align_corners=False
+            )
+            resized = scaled[0].round_().clamp_(0, 255).to(torch.uint8)
+    top, left = geometry.offset
+    h, w = geometry.model
+    if (rh, rw) == (h, w):
+        return resized.contiguous()
+    if rh >= h and rw >= w:  # centre crop
+        return resized[:, -top : -top + h, -left : -left + w].contiguous()
+    canvas = torch.tensor(pad_rgb, dtype=torch.uint8, device=image.device).view(3, 1, 1).repeat(1, h, w)
+    canvas[:, top : top + rh, left : left + rw] = resized
+    return canvas
+
+
 def to_original_frame(cam: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Map CAMs (K, H, W) at the model input size onto the original image: (K, H0, W0).
 

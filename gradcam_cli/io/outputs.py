@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gradcam_cli.io.encode import encode_overlay, encode_png, jpeg_preview
+from gradcam_cli.io.encode import THUMBNAIL_SIZE, encode_overlay, encode_png, jpeg_preview
 from gradcam_cli.io.files import NAME_MAX, atomic_open, atomic_write_bytes, inside
 from gradcam_cli.io.overlay import blend_bgr
 
@@ -105,6 +105,7 @@ class OutputJob:
     overlay_format: str = "png"
     overlay_quality: int = 90
     overlay_max_side: int | None = None
+    overlay_data: list[bytes] | None = None  # per class, overlays already encoded (on the model's device)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -122,13 +123,20 @@ def shrunk(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
     return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
+def _decoded_for_preview(jpeg: bytes, long_side: int) -> np.ndarray:
+    """An encoded overlay decoded at the smallest DCT scale that still gives a full-size gallery preview."""
+    scales = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+    flag = next((f for factor, f in scales.items() if long_side >= factor * THUMBNAIL_SIZE), cv2.IMREAD_COLOR)
+    return cv2.imdecode(np.frombuffer(jpeg, np.uint8), flag)
+
+
 def output_files(job: OutputJob) -> list[Path]:
     """Every file `write_outputs` writes for `job` (to take them back when the image fails part-way)."""
     files: list[Path] = []
     for k, name in enumerate(job.names):
         if job.write_heatmaps:
             files.append(job.out_dir / HEATMAPS / name)
-        if job.original is not None:
+        if job.original is not None or job.overlay_data is not None:
             files.append(job.out_dir / OVERLAYS / (job.overlay_names or job.names)[k])
         if job.raw_feature is not None:
             stem = name.removesuffix(".png")
@@ -147,7 +155,11 @@ def write_outputs(job: OutputJob) -> None:
         if job.write_heatmaps:
             atomic_write_bytes(inside(job.out_dir / HEATMAPS, name), encode_png(heatmap, job.compression))
         overlay = None
-        if original is not None:
+        if job.overlay_data is not None:
+            atomic_write_bytes(inside(job.out_dir / OVERLAYS, overlay_names[k]), job.overlay_data[k])
+            if job.thumbnail is not None and k == 0:
+                overlay = _decoded_for_preview(job.overlay_data[k], max(heatmap.shape))
+        elif original is not None:
             small = shrunk(heatmap, job.overlay_max_side)
             overlay = blend_bgr(original, small, job.colormap, job.alpha)
             data = encode_overlay(overlay, job.overlay_format, job.overlay_quality, job.compression, bgr=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torchvision.io import encode_jpeg
+
+from gradcam_cli.io.encode import encode_overlay
 
 
 def blend_tensor(image_bgr: torch.Tensor, heatmap: torch.Tensor, lut: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -19,3 +22,19 @@ def blend_tensor(image_bgr: torch.Tensor, heatmap: torch.Tensor, lut: torch.Tens
     weighted_image = image_bgr.float() * float(np.float32(1.0 - alpha))
     weight = torch.tensor(float(np.float32(alpha)), dtype=torch.float32, device=image_bgr.device)
     return torch.addcmul(weighted_image, coloured, weight).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def overlay_tensor(
+    original_rgb: torch.Tensor, heatmap: torch.Tensor, lut_rgb: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """The overlay of a (3, H, W) uint8 RGB original, as (3, H, W) uint8 RGB, on the original's device;
+    `lut_rgb` is `colormap_lut` in RGB order (the blend works channel by channel, so the order is free)."""
+    return blend_tensor(original_rgb.permute(1, 2, 0), heatmap, lut_rgb, alpha).permute(2, 0, 1).contiguous()
+
+
+def encode_jpeg_tensor(pixels_rgb: torch.Tensor, quality: int) -> bytes:
+    """JPEG bytes of a (3, H, W) uint8 RGB tensor: on CUDA by nvJPEG (torchvision.io.encode_jpeg), elsewhere
+    by OpenCV with 4:4:4 chroma, as the CPU overlays (io/encode.py)."""
+    if pixels_rgb.device.type == "cuda":
+        return encode_jpeg(pixels_rgb, quality=quality).cpu().numpy().tobytes()
+    return encode_overlay(pixels_rgb.permute(1, 2, 0).numpy(), "jpeg", quality)

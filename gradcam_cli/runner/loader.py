@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gradcam_cli.config import InputConfig, PreprocessConfig
-from gradcam_cli.io.decode import ImageReadError, decode_bytes, displayed_size
+from gradcam_cli.io.decode import ImageReadError, decode_bytes, device_decodable, displayed_size
 from gradcam_cli.io.discovery import ImageSource
 from gradcam_cli.io.geometry import Geometry, plan, to_model_input
 from gradcam_cli.runner.signals import worker_ignores_interrupts
@@ -36,6 +36,7 @@ class DecodedItem:
     size: tuple[int, int] | None = None  # width, height of the image as displayed
     geometry: Geometry | None = None
     pixels: torch.Tensor | None = None  # (3, H, W) uint8 model input
+    encoded: bytes | None = None  # preprocess.device_decode: the JPEG's bytes, decoded on the model's device
     error: tuple[str, str] | None = None  # (type, message)
     skipped: bool = False  # resume: the bytes still match the earlier ok record
 
@@ -45,6 +46,8 @@ class DecodedBatch:
     items: list[DecodedItem]
     pixels: torch.Tensor | None = None  # (n_ok, 3, H, W) uint8, the ok items in order
     ok: list[int] = field(default_factory=list)  # indices into items of the decoded ones
+    # preprocess.device_decode: some ok items are still JPEG bytes; runner/device_decode.py completes `pixels`
+    encoded: bool = False
 
     def pin_memory(self) -> DecodedBatch:
         if self.pixels is not None:
@@ -124,6 +127,7 @@ class DecodeDataset(Dataset):
         self.pad_rgb = tuple(int(round(m * 255)) for m in preprocess.mean)
         self.max_pixels = inputs.max_pixels
         self.fast_decode = preprocess.fast_decode
+        self.device_decode = preprocess.device_decode
         self.reader = SourceReader(inputs.max_file_bytes)
 
     def __getitem__(self, source: ImageSource) -> DecodedItem:  # type: ignore[override]
@@ -134,6 +138,11 @@ class DecodeDataset(Dataset):
             sha256 = hashlib.sha256(data).hexdigest()
             if source.known_sha256 == sha256:
                 return DecodedItem(source=source, sha256=sha256, skipped=True)  # touched, not changed
+            on_device = device_decodable(data, self.max_pixels) if self.device_decode else None
+            if on_device is not None:  # only the bytes travel on: the model's device decodes them
+                width, height = on_device
+                geometry = plan((height, width), self.size, self.mode)
+                return DecodedItem(source=source, sha256=sha256, size=on_device, geometry=geometry, encoded=data)
             if self.fast_decode:
                 width, height = displayed_size(data, self.max_pixels)
                 geometry = plan((height, width), self.size, self.mode)
@@ -161,6 +170,8 @@ class DecodeDataset(Dataset):
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:
     ok = [i for i, item in enumerate(items) if item.error is None and not item.skipped]
+    if any(items[i].encoded is not None for i in ok):
+        return DecodedBatch(items=items, ok=ok, encoded=True)  # the items keep their pixels or bytes
     pixels = torch.stack([items[i].pixels for i in ok]) if ok else None  # type: ignore[misc]
     for i in ok:
         items[i].pixels = None  # the stacked tensor carries them; avoid sending twice

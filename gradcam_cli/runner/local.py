@@ -15,6 +15,7 @@ import torch
 
 from gradcam_cli.config import Config
 from gradcam_cli.io.manifest import RecordsWriter
+from gradcam_cli.runner.device_decode import complete_on_device
 from gradcam_cli.runner.heap import keep_large_blocks
 from gradcam_cli.runner.job import RunJob
 from gradcam_cli.runner.loader import DecodeDataset, decoded_batches, normalise
@@ -73,13 +74,15 @@ def stream(job: RunJob) -> RunSummary:
                 mark = summary.lap("decode", mark)  # time the main loop waited for decoded batches
                 summary.count_skipped(sum(1 for item in batch.items if item.skipped))
                 result = None
+                originals = complete_on_device(batch, dataset, prepared.device) if batch.encoded else None
                 if batch.pixels is not None:
                     images = normalise(batch.pixels, config.preprocess, prepared.device)
                     result = prepared.engine.explain(images, prepared.targets)
                     if prepared.device.type == "cuda":
                         torch.cuda.synchronize(prepared.device)  # attribute GPU time to compute
                 mark = summary.lap("compute", mark)
-                submitted = renderer.submit(prepared, job.out_dir, batch, result)
+                submitted = renderer.submit(prepared, job.out_dir, batch, result, originals)
+                originals = None  # the batch's originals on the device are freed before the next batch
                 mark = summary.lap("render", mark)  # handing the batch's jobs to the render workers
                 written = account(renderer.drain(keep=1))  # with render failures: what --fail-fast sees too
                 mark = summary.lap("encode", mark)  # waiting for the render workers

@@ -56,6 +56,11 @@ def require() -> None:
 
 def driver_config(config: Config) -> Config:
     """The driver validates the model on its CPU (it needs no GPU; the actors compute)."""
+    if config.preprocess.device_decode:  # Ray's decode tasks hand the actors pixels, not bytes
+        raise ConfigError(
+            "preprocess.device_decode works with --engine local only: with --engine ray the images are "
+            "decoded by CPU tasks. Remove preprocess.device_decode or use --engine local."
+        )
     precision = "fp32" if config.runtime.precision == "fp16" else config.runtime.precision
     runtime = config.runtime.model_copy(update={"device": "cpu", "precision": precision})
     return config.model_copy(update={"runtime": runtime})

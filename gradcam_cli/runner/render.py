@@ -48,6 +48,7 @@ from gradcam_cli.io.outputs import (
     thumbnail_name,
     write_outputs,
 )
+from gradcam_cli.runner.device_decode import device_overlays
 from gradcam_cli.runner.loader import DecodedBatch, SourceReader
 from gradcam_cli.runner.prepare import PreparedRun
 from gradcam_cli.runner.records import TOP_PREDICTIONS, error_record, label_of, ok_record
@@ -109,6 +110,7 @@ class RenderJob:
     cams: np.ndarray  # (K, H, W) float32 in [0, 1] at the model input size
     raw: np.ndarray | None  # (K, h, w) float32 raw CAMs at feature resolution (output.raw)
     settings: RenderSettings
+    overlay_data: list[bytes] | None = None  # per class: overlays already encoded on the model's device
 
 
 _READERS: dict[int | None, SourceReader] = {}  # per process and size cap: zip archives stay open between images
@@ -123,7 +125,7 @@ def render_image(job: RenderJob) -> tuple[str, str] | None:
     settings = job.settings
     output: OutputJob | None = None
     try:
-        original = _original(job) if settings.overlays else None
+        original = _original(job) if settings.overlays and job.overlay_data is None else None
         cams = torch.from_numpy(job.cams)
         heatmaps = to_original_frame(cams, job.geometry).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
         output = OutputJob(
@@ -140,6 +142,7 @@ def render_image(job: RenderJob) -> tuple[str, str] | None:
             overlay_format=settings.overlay_format,
             overlay_quality=settings.overlay_quality,
             overlay_max_side=settings.overlay_max_side,
+            overlay_data=job.overlay_data,
         )
         if job.raw is not None:
             raw = torch.from_numpy(job.raw)
@@ -175,10 +178,12 @@ def render_batch(
     batch: DecodedBatch,
     result: CamBatch | None,
     submit: Callable[[RenderJob], object],
+    originals: dict[int, torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """A batch's records, in input order; each ok image's render job goes to `submit` as soon as it is
     ready. One device-to-host copy per batch (`CamBatch.host`): the jobs carry numpy arrays (no
-    shared-memory tensors)."""
+    shared-memory tensors). `originals` (item index -> original on the model's device, from
+    preprocess.device_decode): their JPEG overlays are made there and the jobs carry the encoded bytes."""
     config = prepared.config
     labels = prepared.model.labels
     settings = RenderSettings.of(config)
@@ -193,6 +198,7 @@ def render_batch(
         raw_max_all = host.raw_max.tolist()
         quality_all = host.quality
     position = {item_index: row for row, item_index in enumerate(batch.ok)}
+    overlays_on_device = _overlays_on_device(settings, batch, result, originals, position)
     for index, item in enumerate(batch.items):
         if item.skipped:
             continue
@@ -221,6 +227,7 @@ def render_batch(
                 cams=cams[row],
                 raw=raws[row] if raws is not None else None,
                 settings=settings,
+                overlay_data=overlays_on_device.get(index),
             )
         )
         cam_entries = []
@@ -242,6 +249,24 @@ def render_batch(
         predictions = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
         records.append(ok_record(item.source, item.sha256, item.size, predictions, labels, cam_entries))
     return records
+
+
+def _overlays_on_device(
+    settings: RenderSettings,
+    batch: DecodedBatch,
+    result: CamBatch | None,
+    originals: dict[int, torch.Tensor] | None,
+    rows: dict[int, int],
+) -> dict[int, list[bytes]]:
+    """JPEG overlays of the images whose originals are on the model's device; PNG/WebP overlays and
+    previews (output.overlay_max_side, scaled with OpenCV's INTER_AREA) are left to the render workers."""
+    wanted = settings.overlays and settings.overlay_format == "jpeg" and settings.overlay_max_side is None
+    if not originals or result is None or not wanted:
+        return {}
+    geometries = {i: batch.items[i].geometry for i in originals}
+    return device_overlays(
+        originals, result.cams, rows, geometries, settings.colormap, settings.alpha, settings.overlay_quality  # type: ignore[arg-type]
+    )
 
 
 def with_render_outcome(record: dict[str, Any], outcome: tuple[str, str] | None, job: RenderJob) -> dict[str, Any]:
@@ -284,10 +309,17 @@ class RenderPool:
         # per batch: its records, and per ok record's row its render job and the job's future
         self.pending: deque[tuple[list[dict[str, Any]], dict[int, tuple[RenderJob, Future]]]] = deque()
 
-    def submit(self, prepared: PreparedRun, out_dir: Path, batch: DecodedBatch, result: CamBatch | None) -> list:
+    def submit(
+        self,
+        prepared: PreparedRun,
+        out_dir: Path,
+        batch: DecodedBatch,
+        result: CamBatch | None,
+        originals: dict[int, torch.Tensor] | None = None,
+    ) -> list:
         """Start rendering a batch; returns its records as they will be (before render failures)."""
         jobs: list[RenderJob] = []
-        records = render_batch(prepared, out_dir, batch, result, jobs.append)
+        records = render_batch(prepared, out_dir, batch, result, jobs.append, originals)
         ok_rows = [i for i, record in enumerate(records) if record["status"] == "ok"]
         try:
             futures = {row: (job, self.pool.submit(render_image, job)) for row, job in zip(ok_rows, jobs, strict=True)}

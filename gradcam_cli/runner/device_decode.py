@@ -1,0 +1,84 @@
+"""preprocess.device_decode: the model's device decodes the JPEGs the decode workers passed on as bytes,
+makes their model inputs, and later colours, blends and encodes their overlays; only bytes cross processes.
+
+On a GPU (nvJPEG) a batch's originals stay in GPU memory from the decode to the overlay, never in host
+memory: batch_size x width x height x 3 bytes of GPU memory (9 GB for 256 photos of 12 MP). Heatmaps
+are still made by the render workers from the CAM at the model input size, as on the CPU path, so they
+do not depend on where the JPEG was decoded beyond its model input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gradcam_cli.io.decode import ImageReadError, decode_bytes
+from gradcam_cli.io.decode_torch import decode_jpegs
+from gradcam_cli.io.geometry import Geometry, to_model_input, to_model_input_tensor, to_original_frame
+from gradcam_cli.io.overlay import colormap_lut
+from gradcam_cli.io.overlay_torch import encode_jpeg_tensor, overlay_tensor
+from gradcam_cli.runner.loader import DecodeDataset, DecodedBatch
+
+
+def complete_on_device(batch: DecodedBatch, dataset: DecodeDataset, device: torch.device) -> dict[int, torch.Tensor]:
+    """Fill `batch.pixels` (n_ok, 3, H, W) uint8 on `device`; returns item index -> its original (3, H0, W0)
+    uint8 RGB on `device`. A JPEG the device's decoder refuses is decoded on the CPU here; one neither can
+    decode becomes an error item."""
+    wanted = [i for i in batch.ok if batch.items[i].encoded is not None]
+    pictures = decode_jpegs([batch.items[i].encoded for i in wanted], device)  # type: ignore[misc]
+    originals: dict[int, torch.Tensor] = {}
+    for index, picture in zip(wanted, pictures, strict=True):
+        item = batch.items[index]
+        assert item.geometry is not None and item.encoded is not None
+        if picture is not None and tuple(picture.shape[-2:]) == item.geometry.original:
+            originals[index] = picture
+            item.pixels = to_model_input_tensor(picture, item.geometry, dataset.pad_rgb)
+        else:
+            item.pixels, item.error = _on_cpu(item.encoded, item.geometry, dataset)
+        item.encoded = None
+    batch.ok = [i for i in batch.ok if batch.items[i].error is None]
+    pixels = [batch.items[i].pixels.to(device) for i in batch.ok]  # type: ignore[union-attr]
+    batch.pixels = torch.stack(pixels) if pixels else None
+    for i in batch.ok:
+        batch.items[i].pixels = None
+    batch.encoded = False
+    return originals
+
+
+def _on_cpu(
+    data: bytes, geometry: Geometry, dataset: DecodeDataset
+) -> tuple[torch.Tensor | None, tuple[str, str] | None]:
+    try:
+        image = decode_bytes(data, dataset.max_pixels)
+        array = to_model_input(image, geometry, dataset.pad_rgb)
+    except ImageReadError as exc:
+        return None, (exc.kind, str(exc))
+    except MemoryError:
+        return None, ("MemoryError", "not enough memory to decode the image")
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), None
+
+
+def device_overlays(
+    originals: dict[int, torch.Tensor],
+    cams: torch.Tensor,
+    rows: dict[int, int],
+    geometries: dict[int, Geometry],
+    colormap: str,
+    alpha: float,
+    quality: int,
+) -> dict[int, list[bytes]]:
+    """Item index -> its JPEG overlays (one per explained class), made where its original is: the CAM
+    (row of `cams`, (n_ok, K, H, W) on the device) mapped onto the original frame and quantised as the
+    render workers do it, coloured by OpenCV's own table, blended with cv2.addWeighted's rounding."""
+    if not originals:
+        return {}
+    device = next(iter(originals.values())).device
+    lut = torch.from_numpy(np.ascontiguousarray(colormap_lut(colormap)[:, ::-1])).to(device)  # BGR -> RGB
+    overlays: dict[int, list[bytes]] = {}
+    for index, original in originals.items():
+        mapped = to_original_frame(cams[rows[index]].float(), geometries[index])
+        heatmaps = mapped.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        overlays[index] = [
+            encode_jpeg_tensor(overlay_tensor(original, heatmap, lut, alpha), quality) for heatmap in heatmaps
+        ]
+    return overlays
