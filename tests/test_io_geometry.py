@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gradcam_cli.io.geometry import plan, to_model_input, to_original_frame
+from gradcam_cli.io.geometry import plan, to_model_input, to_model_input_tensor, to_original_frame
 
 SIZES = [(48, 64), (70, 30), (64, 64), (301, 199), (17, 400)]
 
@@ -81,3 +81,17 @@ def test_model_input_always_has_the_model_size(mode: str, original: tuple[int, i
     geometry = plan(original, (128, 128), mode)
     image = Image.new("RGB", (original[1], original[0]), (10, 20, 30))
     assert to_model_input(image, geometry, (0, 0, 0)).shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox", "center_crop"])
+@pytest.mark.parametrize("size", [(97, 61), (300, 200), (20, 30)])
+def test_the_tensor_model_input_is_pillows_within_a_grey_level(mode: str, size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+    geometry = plan((size[1], size[0]), (48, 64), mode)
+    expected = to_model_input(image, geometry, (10, 20, 30)).astype(int)
+    tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    found = to_model_input_tensor(tensor, geometry, (10, 20, 30)).permute(1, 2, 0).numpy().astype(int)
+    assert found.shape == expected.shape == (48, 64, 3)
+    assert np.abs(found - expected).max() <= 1 and (found != expected).mean() < 0.01

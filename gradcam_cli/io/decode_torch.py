@@ -4,6 +4,8 @@ and only the file's bytes cross from the decode workers. Which files qualify: io
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -15,13 +17,15 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor 
     encoded = [torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()) for data in datas]
     if not encoded:
         return []
-    try:
-        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:  # one bad file fails the whole batched call: find which
-        pictures: list[torch.Tensor | None] = []
-        for tensor in encoded:
-            try:
-                pictures.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                pictures.append(None)
-        return pictures
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec (README, GPU)
+        try:
+            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:  # one bad file fails the whole batched call: find which
+            pictures: list[torch.Tensor | None] = []
+            for tensor in encoded:
+                try:
+                    pictures.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    pictures.append(None)
+            return pictures

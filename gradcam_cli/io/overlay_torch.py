@@ -7,6 +7,8 @@ against cv2 (tests/test_io_overlay_torch.py).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torchvision.io import encode_jpeg
@@ -36,5 +38,7 @@ def encode_jpeg_tensor(pixels_rgb: torch.Tensor, quality: int) -> bytes:
     """JPEG bytes of a (3, H, W) uint8 RGB tensor: on CUDA by nvJPEG (torchvision.io.encode_jpeg), elsewhere
     by OpenCV with 4:4:4 chroma, as the CPU overlays (io/encode.py)."""
     if pixels_rgb.device.type == "cuda":
-        return encode_jpeg(pixels_rgb, quality=quality).cpu().numpy().tobytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
+            return encode_jpeg(pixels_rgb, quality=quality).cpu().numpy().tobytes()
     return encode_overlay(pixels_rgb.permute(1, 2, 0).numpy(), "jpeg", quality)
