@@ -39,12 +39,14 @@ def test_cpu_dry_run_writes_a_row_per_section_and_the_tables(tmp_path: Path) -> 
     for resize in ("letterbox", "center_crop"):  # "GPU" is the CPU here: the same maps
         assert parity[("CPU fp32 vs GPU fp32 (TF32 off)", resize)]["verdict"] == "met"
     assert parity[("GPU fp32 rerun", "letterbox")]["byte_equal"] == parity[("GPU fp32 rerun", "letterbox")]["maps"]
+    assert parity[("GPU fp32 device_decode vs GPU fp32", "letterbox")]["verdict"] == "met"  # decoded "on the device"
     timings = [row for row in rows if row["section"] == "compute" and row.get("images_per_s")]
     assert {row["mode"] for row in timings} == {"floor", "ours", "pytorch-grad-cam"}
     measured = [row for row in rows if row["section"] == "e2e" and row.get("images_per_s")]
     assert {row["mode"] for row in measured} == {"ours", "baseline", "floor"}
     assert all(row["images"] > 0 and row["peak_rss_mb"] > 0 for row in measured)
-    assert len([row for row in rows if row["section"] == "e2e" and "target" in row]) == 5
+    assert "ours, preprocess.device_decode" in {row["run"] for row in measured}
+    assert len([row for row in rows if row["section"] == "e2e" and "target" in row]) == 6
 
     markdown = (out / "gpu_check.md").read_text()
     assert markdown.startswith("## GPU (measured on ")
