@@ -95,3 +95,18 @@ def test_the_tensor_model_input_is_pillows_within_a_grey_level(mode: str, size: 
     found = to_model_input_tensor(tensor, geometry, (10, 20, 30)).permute(1, 2, 0).numpy().astype(int)
     assert found.shape == expected.shape == (48, 64, 3)
     assert np.abs(found - expected).max() <= 1 and (found != expected).mean() < 0.01
+
+
+def test_grey_levels_are_torchs_rounding_byte_for_byte() -> None:
+    from gradcam_cli.io.geometry import grey_levels
+
+    maps = torch.rand(2, 40, 300, generator=torch.Generator().manual_seed(3))
+    halves = (torch.arange(256).float() + 0.5) / 255.0  # exactly between two grey levels: half to even
+    maps[0, 0, :256] = halves
+    maps[0, 1, :256] = torch.nextafter(halves, torch.tensor(2.0))
+    maps[0, 2, :256] = torch.nextafter(halves, torch.tensor(-2.0))
+    maps[1, 0, :6] = torch.tensor([0.0, -0.0, 1.0, 1.0000001, 1e-9, 0.5 / 255])
+    expected = maps.clone().mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    found = grey_levels(maps)
+    assert found.dtype == np.uint8 and found.shape == (2, 40, 300)
+    assert np.array_equal(found, expected)

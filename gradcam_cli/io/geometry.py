@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -113,3 +114,12 @@ def to_original_frame(cam: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         inside_cols = (cols >= -left) & (cols < -left + w)
         mapped = mapped * (inside_rows[:, None] & inside_cols[None, :]).to(mapped.dtype)
     return mapped
+
+
+def grey_levels(maps: torch.Tensor) -> np.ndarray:
+    """CAMs in [0, 1] (K, H, W) float32 on the CPU as uint8 heatmaps: round(255 * x), half to even, saturated;
+    the bytes of `x.mul(255).round().clamp(0, 255)` in torch (tested), in one pass instead of four, which
+    at 12 MP is a tenth of a render worker's time."""
+    k, h, w = maps.shape
+    flat = maps.detach().contiguous().numpy().reshape(k * h, w)
+    return cv2.convertScaleAbs(flat, alpha=255.0).reshape(k, h, w)

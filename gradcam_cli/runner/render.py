@@ -36,7 +36,7 @@ from gradcam_cli.errors import EXIT_INTERNAL, GradcamError, OutputError
 from gradcam_cli.io.decode import ImageReadError, decode_bgr
 from gradcam_cli.io.discovery import ImageSource
 from gradcam_cli.io.encode import OVERLAY_SUFFIXES
-from gradcam_cli.io.geometry import Geometry, to_original_frame
+from gradcam_cli.io.geometry import Geometry, grey_levels, to_original_frame
 from gradcam_cli.io.manifest import RecordsWriter
 from gradcam_cli.io.outputs import (
     HEATMAPS,
@@ -127,11 +127,11 @@ def render_image(job: RenderJob) -> tuple[str, str] | None:
     try:
         original = _original(job) if settings.overlays and job.overlay_data is None else None
         cams = torch.from_numpy(job.cams)
-        heatmaps = to_original_frame(cams, job.geometry).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        heatmaps = grey_levels(to_original_frame(cams, job.geometry))
         output = OutputJob(
             out_dir=job.out_dir,
             names=job.names,
-            heatmaps=heatmaps.numpy(),
+            heatmaps=heatmaps,
             original=original,
             write_heatmaps=settings.heatmaps,
             colormap=settings.colormap,
