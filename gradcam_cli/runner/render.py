@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -279,6 +280,7 @@ def with_render_outcome(record: dict[str, Any], outcome: tuple[str, str] | None,
 def _start_render_worker(parent: int) -> None:
     worker_ignores_interrupts(parent)
     torch.set_num_threads(1)  # one image at a time per worker; the cores are shared out by the run
+    cv2.setNumThreads(1)
 
 
 def _nothing() -> None:
