@@ -93,7 +93,8 @@ def test_a_batch_is_completed_on_the_device_with_cpu_fallbacks_and_errors(
     assert [item.encoded is not None for item in items] == [True, True, False, False, False, False, True]
     assert all(item.pixels is None for item in items if item.encoded is not None)  # bytes only crossed
     batch = collate(items)
-    assert batch.encoded and batch.pixels is None
+    assert batch.encoded and batch.pixels is not None and batch.pixels.shape == (4, 3, 32, 32)  # the CPU ones
+    assert all(item.pixels is None for item in items)  # one tensor per batch: one file descriptor per batch
     originals = complete_on_device(batch, dataset, torch.device("cpu"))
     names = list(files)
     assert sorted(names[i] for i in originals) == ["baseline", "grey"]

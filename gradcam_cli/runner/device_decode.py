@@ -25,6 +25,8 @@ def complete_on_device(batch: DecodedBatch, dataset: DecodeDataset, device: torc
     uint8 RGB on `device`. A JPEG the device's decoder refuses is decoded on the CPU here; one neither can
     decode becomes an error item."""
     wanted = [i for i in batch.ok if batch.items[i].encoded is not None]
+    cpu_rows = iter(batch.pixels if batch.pixels is not None else [])  # the CPU-decoded ok items, in order
+    rows: dict[int, torch.Tensor] = {i: next(cpu_rows) for i in batch.ok if batch.items[i].encoded is None}
     pictures = decode_jpegs([batch.items[i].encoded for i in wanted], device)  # type: ignore[misc]
     originals: dict[int, torch.Tensor] = {}
     for index, picture in zip(wanted, pictures, strict=True):
@@ -32,15 +34,14 @@ def complete_on_device(batch: DecodedBatch, dataset: DecodeDataset, device: torc
         assert item.geometry is not None and item.encoded is not None
         if picture is not None and tuple(picture.shape[-2:]) == item.geometry.original:
             originals[index] = picture
-            item.pixels = to_model_input_tensor(picture, item.geometry, dataset.pad_rgb)
+            rows[index] = to_model_input_tensor(picture, item.geometry, dataset.pad_rgb)
         else:
-            item.pixels, item.error = _on_cpu(item.encoded, item.geometry, dataset)
+            pixels, item.error = _on_cpu(item.encoded, item.geometry, dataset)
+            if pixels is not None:
+                rows[index] = pixels
         item.encoded = None
     batch.ok = [i for i in batch.ok if batch.items[i].error is None]
-    pixels = [batch.items[i].pixels.to(device) for i in batch.ok]  # type: ignore[union-attr]
-    batch.pixels = torch.stack(pixels) if pixels else None
-    for i in batch.ok:
-        batch.items[i].pixels = None
+    batch.pixels = torch.stack([rows[i].to(device) for i in batch.ok]) if batch.ok else None
     batch.encoded = False
     return originals
 

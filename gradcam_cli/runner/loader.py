@@ -46,7 +46,8 @@ class DecodedBatch:
     items: list[DecodedItem]
     pixels: torch.Tensor | None = None  # (n_ok, 3, H, W) uint8, the ok items in order
     ok: list[int] = field(default_factory=list)  # indices into items of the decoded ones
-    # preprocess.device_decode: some ok items are still JPEG bytes; runner/device_decode.py completes `pixels`
+    # preprocess.device_decode: some ok items are still JPEG bytes, and `pixels` holds only the others, in
+    # order; runner/device_decode.py completes it
     encoded: bool = False
 
     def pin_memory(self) -> DecodedBatch:
@@ -169,13 +170,14 @@ class DecodeDataset(Dataset):
 
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:
+    """One tensor per batch: a worker sends each tensor through its own file descriptor, so per-item tensors
+    at batch 256 with a few batches in flight would pass `ulimit -n`."""
     ok = [i for i, item in enumerate(items) if item.error is None and not item.skipped]
-    if any(items[i].encoded is not None for i in ok):
-        return DecodedBatch(items=items, ok=ok, encoded=True)  # the items keep their pixels or bytes
-    pixels = torch.stack([items[i].pixels for i in ok]) if ok else None  # type: ignore[misc]
-    for i in ok:
+    decoded = [i for i in ok if items[i].encoded is None]
+    pixels = torch.stack([items[i].pixels for i in decoded]) if decoded else None  # type: ignore[misc]
+    for i in decoded:
         items[i].pixels = None  # the stacked tensor carries them; avoid sending twice
-    return DecodedBatch(items=items, pixels=pixels, ok=ok)
+    return DecodedBatch(items=items, pixels=pixels, ok=ok, encoded=len(decoded) < len(ok))
 
 
 class ChunkSampler:
