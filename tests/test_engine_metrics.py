@@ -18,6 +18,7 @@ from gradcam_cli.config import load_config
 from gradcam_cli.demo.shapes import generate_sample
 from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
 from gradcam_cli.engine import metrics as M
+from gradcam_cli.io.metric_summary import average_drop, increase_in_confidence
 from gradcam_cli.models import load_model
 from tests.conftest import REPO
 
@@ -180,8 +181,8 @@ def test_average_drop_and_increase_agree_with_torchcam(explained) -> None:
     reference.update(x.images, class_idx=x.classes.tolist())
     changes = M.confidence_change(score_of(model), x).tolist()
     summary = reference.summary()
-    assert abs(M.average_drop(changes, x.base.tolist()) - summary["avg_drop"]) < 1e-5
-    assert M.increase_in_confidence(changes) == pytest.approx(summary["conf_increase"])
+    assert abs(average_drop(changes, x.base.tolist()) - summary["avg_drop"]) < 1e-5
+    assert increase_in_confidence(changes) == pytest.approx(summary["conf_increase"])
 
 
 # ------------------------------------------------------------------------------------ ROAD

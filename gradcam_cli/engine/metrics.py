@@ -10,7 +10,7 @@ the softmax probability of the explained class on the perturbed inputs:
   higher is better. The steps are torchcam 0.5's (ceil(HW / steps) pixels each, the last one shorter).
 - `confidence_change` (pytorch-grad-cam's CamMultImageConfidenceChange): probability on the input
   multiplied by the CAM minus that on the input; the Grad-CAM++ paper's average drop and increase in
-  confidence follow from it (`average_drop`, `increase_in_confidence`).
+  confidence follow from it (the manifest's summary: io/metric_summary.py).
 - `road_most` / `road_least` (ROAD, Rong et al. 2022, as pytorch-grad-cam 1.5.7): the pixels at or above
   a percentile of the CAM (most relevant first) or of 1 - CAM (least relevant first) are imputed by noisy
   linear imputation; the change of the probability, averaged over the percentiles. road_most: lower is
@@ -176,16 +176,6 @@ def confidence_change(score: Score, x: Explained, chunk: int = 64) -> torch.Tens
         return x.images[x.owner[rows]] * x.cams[rows, None], x.classes[rows]
 
     return _scored(score, len(x.classes), build, chunk).to(x.base.device) - x.base.float()
-
-
-def average_drop(changes: list[float], base: list[float]) -> float:
-    """Grad-CAM++'s average drop (a fraction; x100 for the paper's %): mean of max(0, Y - O) / Y."""
-    return sum(max(0.0, -c) / (y + 1e-7) for c, y in zip(changes, base, strict=True)) / max(1, len(changes))
-
-
-def increase_in_confidence(changes: list[float]) -> float:
-    """Grad-CAM++'s increase in confidence (a fraction): how often the CAM-multiplied input scores higher."""
-    return sum(1 for c in changes if c > 0) / max(1, len(changes))
 
 
 # ------------------------------------------------------------------------------------ ROAD

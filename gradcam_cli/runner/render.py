@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from gradcam_cli.config import Config
 from gradcam_cli.engine import CamBatch
+from gradcam_cli.engine.metrics import finite_or_none
 from gradcam_cli.errors import EXIT_INTERNAL, GradcamError, OutputError
 from gradcam_cli.io.decode import ImageReadError, decode_bgr
 from gradcam_cli.io.discovery import ImageSource
@@ -190,6 +191,11 @@ def render_batch(
         probabilities_all = result.probabilities.detach().float().cpu()
         classes_all = result.class_indices.cpu().tolist()
         raw_max_all = result.raw_max.detach().float().cpu().tolist()
+        metrics_all = (
+            {name: values.detach().float().cpu().tolist() for name, values in result.metrics.items()}
+            if result.metrics is not None
+            else None
+        )
     position = {item_index: row for row, item_index in enumerate(batch.ok)}
     for index, item in enumerate(batch.items):
         if item.skipped:
@@ -233,6 +239,8 @@ def render_batch(
                 "raw_max": float(raw_max_all[row][rank]),
                 "quality": result.quality[row][rank],
             }
+            if metrics_all is not None:  # cam.metrics: only then, so records without metrics stay as they were
+                entry["metrics"] = {name: finite_or_none(values[row][rank]) for name, values in metrics_all.items()}
             if config.output.raw:
                 entry["raw"] = f"{RAW}/{name.removesuffix('.png')}.npy"
                 entry["raw_feature"] = f"{RAW}/{name.removesuffix('.png')}.feature.npy"
