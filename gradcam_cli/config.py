@@ -46,6 +46,14 @@ METHOD_NAMES: tuple[str, ...] = (
 )
 # The faithfulness metrics (engine/metrics.py, checked against this tuple by tests/test_engine_metrics.py).
 METRIC_NAMES: tuple[str, ...] = ("deletion", "insertion", "confidence_change", "road_most", "road_least")
+# which way is better, per metric (a lower deletion AUC means the CAM found what the model needs)
+METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
+    "deletion": False,
+    "insertion": True,
+    "confidence_change": True,
+    "road_most": False,
+    "road_least": True,
+}
 # cam keys that only matter with cam.metrics set: left out of both hashes while it is empty (`metric_keys_off`)
 METRIC_KEYS: tuple[str, ...] = ("metrics", "metric_steps", "road_percentiles")
 COLORMAP_NAMES: tuple[str, ...] = (
@@ -403,6 +411,12 @@ class CompareConfig(_Strict):
     )
     max_score_change: float | None = Field(
         None, ge=0.0, le=1.0, description="largest change of the top-1 probability (null: not checked)"
+    )
+    max_metric_drop: float | None = Field(
+        None,
+        ge=0.0,
+        description="largest worsening of a cam.metrics mean over the images explained in both runs (deletion "
+        "or road_most up, insertion, confidence_change or road_least down; null: not checked)",
     )
     allow_label_change: bool = Field(False, description="a changed top-1 class is not drift by itself")
     allow_missing: bool = Field(False, description="images on one side only are reported, not an error")

@@ -29,17 +29,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gradcam_cli.config import METRIC_HIGHER_IS_BETTER
+from gradcam_cli.config import METRIC_NAMES as METRIC_NAMES  # kept in config.py, which must not import torch
+
 # (inputs (N, 3, H, W), classes (N,)) -> the softmax probability of each row's class, (N,) float32
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-METRIC_NAMES: tuple[str, ...] = ("deletion", "insertion", "confidence_change", "road_most", "road_least")
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "deletion": False,
-    "insertion": True,
-    "confidence_change": True,
-    "road_most": False,
-    "road_least": True,
-}
+HIGHER_IS_BETTER = METRIC_HIGHER_IS_BETTER
 ROAD_PERCENTILES: tuple[float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # pytorch-grad-cam's averages
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion substrate
 ROAD_NOISE = 0.01  # pytorch-grad-cam's NoisyLinearImputer default, in normalised input units
