@@ -87,7 +87,9 @@ class Explained:
         return cls(images, cams.reshape(b * k, *cams.shape[-2:]).float(), classes.reshape(-1), base.reshape(-1), owner)
 
 
-def _scored(score: Score, count: int, build: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], chunk: int):
+def _scored(
+    score: Score, count: int, build: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], chunk: int
+) -> torch.Tensor:
     """The probabilities of `count` perturbed inputs, built by `build(rows)` and scored `chunk` at a time."""
     parts = [score(*build(slice(start, min(start + chunk, count)))) for start in range(0, count, chunk)]
     return torch.cat(parts) if parts else torch.empty(0)
