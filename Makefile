@@ -19,7 +19,7 @@ $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
 
 $(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps 'grad-cam==1.5.7'
+	$(PY) -m pip install -q --no-deps 'grad-cam==1.5.7' 'torchcam==0.5.0'
 	touch $(DEV_STAMP)
 
 venv: $(DEV_STAMP)

@@ -364,6 +364,10 @@ def compare(
     max_score_change: Annotated[
         float | None, typer.Option(help="Largest top-1 probability change (default: not checked).")
     ] = None,
+    max_metric_drop: Annotated[
+        float | None,
+        typer.Option(help="Largest worsening of a cam.metrics mean over the shared images (default: not checked)."),
+    ] = None,
     allow_label_change: Annotated[
         bool, typer.Option("--allow-label-change", help="A changed top-1 class alone is not drift.")
     ] = False,
@@ -389,6 +393,7 @@ def compare(
             "compare.min_iou": min_iou,
             "compare.max_peak_shift": max_peak_shift,
             "compare.max_score_change": max_score_change,
+            "compare.max_metric_drop": max_metric_drop,
             "compare.allow_label_change": allow_label_change or None,
             "compare.allow_missing": allow_missing or None,
         }

@@ -44,6 +44,18 @@ METHOD_NAMES: tuple[str, ...] = (
     "scorecam",
     "ablationcam",
 )
+# The faithfulness metrics (engine/metrics.py, checked against this tuple by tests/test_engine_metrics.py).
+METRIC_NAMES: tuple[str, ...] = ("deletion", "insertion", "confidence_change", "road_most", "road_least")
+# which way is better, per metric (a lower deletion AUC means the CAM found what the model needs)
+METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
+    "deletion": False,
+    "insertion": True,
+    "confidence_change": True,
+    "road_most": False,
+    "road_least": True,
+}
+# cam keys that only matter with cam.metrics set: left out of both hashes while it is empty (`metric_keys_off`)
+METRIC_KEYS: tuple[str, ...] = ("metrics", "metric_steps", "road_percentiles")
 COLORMAP_NAMES: tuple[str, ...] = (
     "jet",
     "turbo",
@@ -232,7 +244,43 @@ class CamConfig(_Strict):
     top_k: int = Field(1, ge=1, le=100, description="how many predicted classes to explain with topk")
     aug_smooth: bool = Field(False, description="average over flips x brightness (6 passes), as the reference")
     eigen_smooth: bool = Field(False, description="first principal component of the weighted activations")
-    chunk_size: int = Field(64, ge=1, le=4096, description="rows per extra forward pass (scorecam, ablationcam)")
+    chunk_size: int = Field(
+        64, ge=1, le=4096, description="rows per extra forward pass (scorecam, ablationcam, cam.metrics)"
+    )
+    metrics: tuple[str, ...] = Field(
+        (),
+        description="faithfulness metrics recorded per explained class: " + ", ".join(METRIC_NAMES) + " (README, "
+        "Faithfulness metrics); each costs extra forward passes; empty: none",
+    )
+    metric_steps: int = Field(
+        20, ge=2, le=1000, description="deletion/insertion: equal steps from the plain to the fully perturbed input"
+    )
+    road_percentiles: tuple[float, ...] = Field(
+        (10, 20, 30, 40, 50, 60, 70, 80, 90),
+        description="road_most/road_least: CAM percentiles at or above which pixels are imputed (one forward pass "
+        "each); the metric is the mean over them",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(name.lower() for name in value)
+        for given, name in zip(value, names, strict=True):
+            if name not in METRIC_NAMES:
+                raise ValueError(
+                    f"unknown metric {given!r}{did_you_mean(given, METRIC_NAMES)}; known: {', '.join(METRIC_NAMES)}"
+                )
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"metric {repeated[0]!r} is listed twice")
+        return names
+
+    @field_validator("road_percentiles")
+    @classmethod
+    def _percentiles_inside(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or not all(0 < p < 100 for p in value):
+            raise ValueError("road_percentiles must be a non-empty list of numbers between 0 and 100 (exclusive)")
+        return value
 
     @field_validator("method")
     @classmethod
@@ -369,6 +417,12 @@ class CompareConfig(_Strict):
     max_score_change: float | None = Field(
         None, ge=0.0, le=1.0, description="largest change of the top-1 probability (null: not checked)"
     )
+    max_metric_drop: float | None = Field(
+        None,
+        ge=0.0,
+        description="largest worsening of a cam.metrics mean over the images explained in both runs (deletion "
+        "or road_most up, insertion, confidence_change or road_least down; null: not checked)",
+    )
     allow_label_change: bool = Field(False, description="a changed top-1 class is not drift by itself")
     allow_missing: bool = Field(False, description="images on one side only are reported, not an error")
 
@@ -428,13 +482,22 @@ class Config(_Strict):
             for key, default in HASHED_WHEN_SET.get(section, {}).items():
                 if values.get(key) == default:
                     values.pop(key, None)
-            effective[section] = values
+            effective[section] = metric_keys_off(values) if section == "cam" else values
         return hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()
 
 
 # Hashed keys added after run folders already existed: {section: {key: default}}; at the default they are
 # left out of config_hash, so upgrading does not change any existing folder's hash.
 HASHED_WHEN_SET: dict[str, dict[str, Any]] = {"preprocess": {"fast_decode": False, "device_decode": False}}
+
+
+def metric_keys_off(cam: dict[str, Any]) -> dict[str, Any]:
+    """The dumped `cam` section as the hashes see it: without cam.metrics and its settings while no metric is
+    asked for (they change no heatmap, and every folder made before metrics existed keeps its config_hash);
+    with every one of them once metrics are on (then the records hold values these settings determine)."""
+    if cam.get("metrics"):
+        return cam
+    return {key: value for key, value in cam.items() if key not in METRIC_KEYS}
 
 
 def did_you_mean(word: Any, choices: Any, n: int = 1, cutoff: float = 0.6, sentence: bool = False) -> str:

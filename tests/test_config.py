@@ -173,3 +173,33 @@ def test_max_file_mb(tmp_path: Path) -> None:
     assert parse_config({"model": model, "input": {"max_file_mb": 0.5}}, tmp_path).input.max_file_mb == 0.5
     with pytest.raises(ConfigError, match="input.max_file_mb"):
         parse_config({"model": model, "input": {"max_file_mb": 0}}, tmp_path)
+
+
+def test_metrics_are_checked_by_name(tmp_path: Path) -> None:
+    base = {"torchvision": "resnet18"}
+    message = _error({"model": base, "cam": {"metrics": ["deletion", "insertoin"]}}, tmp_path)
+    assert "cam.metrics" in message and "did you mean 'insertion'" in message and "road_least" in message
+    assert "listed twice" in _error({"model": base, "cam": {"metrics": ["deletion", "Deletion"]}}, tmp_path)
+    assert "cam.road_percentiles" in _error({"model": base, "cam": {"road_percentiles": [0, 50]}}, tmp_path)
+    assert "cam.road_percentiles" in _error({"model": base, "cam": {"road_percentiles": []}}, tmp_path)
+    assert "cam.metric_steps" in _error({"model": base, "cam": {"metric_steps": 1}}, tmp_path)
+    config = parse_config({"model": base, "cam": {"metrics": ["ROAD_most", "deletion"]}}, tmp_path)
+    assert config.cam.metrics == ("road_most", "deletion") and config.cam.metric_steps == 20
+
+
+def test_metric_keys_enter_the_config_hash_only_with_metrics_on(tmp_path: Path) -> None:
+    """Existing folders keep their config_hash: the metric keys count only once a metric is asked for."""
+    base = {"model": {"torchvision": "resnet18"}}
+    plain = parse_config(base, tmp_path)
+    assert parse_config({**base, "cam": {"metric_steps": 50}}, tmp_path).config_hash() == plain.config_hash()
+    on = parse_config({**base, "cam": {"metrics": ["deletion"]}}, tmp_path)
+    finer = parse_config({**base, "cam": {"metrics": ["deletion"], "metric_steps": 50}}, tmp_path)
+    assert len({plain.config_hash(), on.config_hash(), finer.config_hash()}) == 3
+
+
+def test_metric_names_match_the_engine() -> None:
+    from gradcam_cli.config import METRIC_HIGHER_IS_BETTER, METRIC_NAMES
+    from gradcam_cli.engine import metrics
+
+    assert metrics.METRIC_NAMES == METRIC_NAMES == tuple(METRIC_HIGHER_IS_BETTER)
+    assert set(metrics.passes_per_cam(metrics.MetricSettings(METRIC_NAMES), 100)) == set(METRIC_NAMES)

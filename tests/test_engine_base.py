@@ -231,6 +231,7 @@ def test_host_copies_a_batch_once_and_keeps_every_figure(monkeypatch) -> None:
         raw_min=torch.tensor([[0.0, 0.0], [0.0, 2.0], [0.0, 0.0]]),
         nonfinite=torch.tensor([[False, False], [False, False], [True, False]]),
         underflow=torch.tensor([[False, False], [False, False], [False, True]]),
+        metrics={"deletion": torch.rand(3, 2, generator=generator), "insertion": torch.rand(3, 2, generator=generator)},
     )
     copies = []
     real_cpu = torch.Tensor.cpu
@@ -242,3 +243,5 @@ def test_host_copies_a_batch_once_and_keeps_every_figure(monkeypatch) -> None:
     assert torch.equal(torch.from_numpy(host.cams), batch.cams) and torch.equal(torch.from_numpy(host.raw), batch.raw)
     assert host.quality == [["ok", "empty"], ["ok", "flat"], ["nonfinite", "underflow"]]
     assert batch.host(cams=False).cams is None and batch.host().raw is None
+    assert host.metrics is not None and list(host.metrics) == ["deletion", "insertion"]
+    assert all(torch.equal(torch.from_numpy(host.metrics[name]), batch.metrics[name]) for name in host.metrics)

@@ -99,6 +99,20 @@ def test_what_does_not_change_heatmaps_is_not_part_of_it(tmp_path: Path, tiny_we
         assert differing_parts(plain.parts, changed.parts) == [f"{section}.{key}"]
 
 
+def test_metrics_are_part_of_it_only_when_on(tmp_path: Path, tiny_weights: Path) -> None:
+    """cam.metrics off: no metric part at all (the identity of every earlier folder stands); on: the
+    metrics and their settings, so a folder never mixes records with and without them."""
+    folder = clone(tmp_path / "a", tiny_weights)
+    plain = run_identity(config(folder))
+    assert not any(key in plain.parts for key in ("cam.metrics", "cam.metric_steps", "cam.road_percentiles"))
+    assert run_identity(config(folder, cam={"metric_steps": 7, "road_percentiles": [50]})).hash == plain.hash
+    on = run_identity(config(folder, cam={"metrics": ["deletion"]}))
+    assert on.parts["cam.metric_steps"] == 20 and on.parts["cam.road_percentiles"][0] == 10
+    assert differing_parts(plain.parts, on.parts) == ["cam.metrics"]
+    finer = run_identity(config(folder, cam={"metrics": ["deletion"], "metric_steps": 40}))
+    assert differing_parts(on.parts, finer.parts) == ["cam.metric_steps"]
+
+
 def test_labels_count_by_their_names(tmp_path: Path, tiny_weights: Path) -> None:
     folder = clone(tmp_path / "a", tiny_weights)
     (folder / "labels.json").write_text(json.dumps(["cat", "dog", "bird"]))

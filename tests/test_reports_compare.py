@@ -442,3 +442,56 @@ def test_notes_name_the_parts_of_the_identity_that_differ(tmp_path: Path) -> Non
     ]
     result = runner.invoke(app, ["compare", str(baseline), str(current)])
     assert "note: runtime.precision changed: fp32 -> bf16" in result.stdout
+
+
+# ------------------------------------------------------------------------------------ compare.max_metric_drop
+def metric_run(folder: Path, insertion: list[float], deletion: list[float], names: tuple[str, ...] = ()) -> Path:
+    """Same heatmaps as every other side, with cam.metrics values per image (and the manifest's names)."""
+    images = {f"{i}.jpg": ("cat", blob((20 + i, 24))) for i in range(len(insertion))}
+    fake_run(folder, images)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for record_, ins, dele in zip(manifest["images"], insertion, deletion, strict=True):
+        record_["cams"][0]["metrics"] = {"insertion": ins, "deletion": dele}
+    manifest["metrics"] = {"names": list(names or ("deletion", "insertion"))}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_a_metric_mean_that_got_worse_fails_the_run(tmp_path: Path) -> None:
+    """insertion (higher is better) falls by 0.2 on average, deletion (lower is better) falls too: only
+    insertion is worse. Exit 1 with the heatmaps unchanged, in the table, JUnit and Markdown."""
+    baseline = metric_run(tmp_path / "a", [0.8, 0.9, 0.7], [0.3, 0.2, 0.4])
+    current = metric_run(tmp_path / "b", [0.6, 0.7, 0.5], [0.2, 0.1, 0.3])
+    comparison = compare_runs(baseline, current, CompareConfig(max_metric_drop=0.05))
+    checks = {check.name: check for check in comparison.metric_checks}
+    assert checks["insertion"].drop == pytest.approx(0.2) and checks["insertion"].failing
+    assert checks["deletion"].drop == pytest.approx(-0.1) and not checks["deletion"].failing
+    assert checks["insertion"].images == 3 and not comparison.failing and comparison.exit_code == 1
+    reports = tmp_path / "reports"
+    args = ["--max-metric-drop", "0.05", "--junit", str(reports / "j.xml"), "--markdown", str(reports / "s.md")]
+    result = runner.invoke(app, ["compare", str(baseline), str(current), *args, "--html", str(reports / "c.html")])
+    assert result.exit_code == 1, result.output
+    assert "metric DRIFT: insertion mean 0.800 -> 0.600 (worse by 0.200; limit 0.05; 3 images)" in result.output
+    assert "metric ok: deletion mean 0.300 -> 0.200 (better by 0.100" in result.output
+    assert result.output.splitlines()[-1].startswith("DRIFT: 3 images compared (3 pass); metric mean worse: insertion")
+    suite = ET.parse(reports / "j.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "5" and suite.get("failures") == "1"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert cases["insertion"].find("failure") is not None and cases["deletion"].find("failure") is None
+    assert "a metric's mean got worse" in (reports / "s.md").read_text().splitlines()[0]
+    assert "metric mean worse" in (reports / "c.html").read_text()
+    # within the limit: passes, and says how much
+    result = runner.invoke(app, ["compare", str(baseline), str(current), "--max-metric-drop", "0.25"])
+    assert result.exit_code == 0 and "metric ok: insertion" in result.output
+    # not asked for: no metric check at all
+    assert compare_runs(baseline, current, CompareConfig()).metric_checks == []
+
+
+def test_metric_gate_without_metrics_in_common_is_unusable(tmp_path: Path) -> None:
+    baseline = metric_run(tmp_path / "a", [0.8], [0.3], names=("deletion",))
+    plain = fake_run(tmp_path / "b", {"0.jpg": ("cat", blob((20, 24)))})
+    with pytest.raises(ConfigError, match="no faithfulness metric in common"):
+        compare_runs(baseline, plain, CompareConfig(max_metric_drop=0.1))
+    current = metric_run(tmp_path / "c", [0.1], [0.9], names=("insertion",))
+    with pytest.raises(ConfigError, match="baseline: deletion; current: insertion"):
+        compare_runs(baseline, current, CompareConfig(max_metric_drop=0.1))

@@ -416,3 +416,75 @@ def test_empty_run_page(page, tmp_path: Path) -> None:
     assert page.run_js("return document.getElementById('empty').textContent") == "This run has no images."
     assert page.run_js("return document.getElementById('failures').hidden")
     assert page.console_errors() == []
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+@pytest.fixture
+def metric_run(tmp_path: Path) -> Path:
+    """A run with cam.metrics: deletion (lower is better) and insertion per cam; one cam without a value."""
+    out = tmp_path / "metrics"
+    values = {"a.jpg": (0.30, 0.70), "b.jpg": (0.10, 0.90), "c.jpg": (0.50, None), "d.jpg": (0.20, 0.40)}
+    records = []
+    for path, (deletion, insertion) in values.items():
+        record = _ok(out, path, [0.8, 0.2], ["cat", "dog"])
+        record["cams"][0]["metrics"] = {"deletion": deletion, "insertion": insertion}
+        records.append(record)
+    records.append(_failed("broken.jpg", "NotAnImage", "not an image"))
+    block = {"names": ["deletion", "insertion"], "higher_is_better": {"deletion": False, "insertion": True}}
+    summary = {"total": 5, "ok": 4, "failed": 1, "metrics": {"deletion": {"mean": 0.275, "median": 0.25}}}
+    return _manifest(out, records, metrics=block, summary=summary)
+
+
+def test_report_data_carries_the_metrics(metric_run: Path) -> None:
+    page = write_report(metric_run)
+    data = _page_data(page)
+    assert data["metrics"] == [
+        {"name": "deletion", "higher_is_better": False},
+        {"name": "insertion", "higher_is_better": True},
+    ]
+    by_path = {image["path"]: image for image in data["images"]}
+    assert by_path["b.jpg"]["metrics"] == {"deletion": 0.1, "insertion": 0.9}
+    assert by_path["c.jpg"]["cams"][0]["metrics"] == {"deletion": 0.5, "insertion": None}
+    assert by_path["broken.jpg"]["metrics"] == {}
+    text = page.read_text(encoding="utf-8")
+    assert text.count('class="histogram"') == 2 and "mean 0.275 · median 0.250" in text
+    assert "(lower is better)" in text and "(higher is better)" in text
+
+
+def test_a_run_without_metrics_has_no_metric_columns(run_dir: Path) -> None:
+    page = write_report(run_dir)
+    data = _page_data(page)
+    assert data["metrics"] == [] and all(cam["metrics"] is None for i in data["images"] for cam in i["cams"])
+    assert 'class="histogram"' not in page.read_text(encoding="utf-8")
+
+
+def test_histogram_counts_every_value() -> None:
+    from gradcam_cli.reports.gallery import histogram_svg
+
+    svg = histogram_svg([0.0, 0.1, 0.1, 1.0], bins=4)
+    counts = [int(n) for n in re.findall(r"<title>(\d+) in", svg)]
+    assert counts == [3, 0, 0, 1] and histogram_svg([]) == ""
+    assert "<title>2 in" in histogram_svg([0.5, 0.5], bins=2)  # all equal: one bar, no division by zero
+
+
+def test_sorting_by_a_metric_in_chromium(page, metric_run: Path) -> None:
+    page.open(write_report(metric_run))
+    options = page.run_js("return [...document.querySelectorAll('#sort option')].map((o) => o.value)")
+    assert "metric:best:deletion" in options and "metric:worst:insertion" in options
+    page.select("#sort", "metric:best:deletion")  # lower is better: smallest first, failures last
+    assert _cards(page) == ["b.jpg", "d.jpg", "a.jpg", "c.jpg", "broken.jpg"]
+    shown = page.run_js("return [...document.querySelectorAll('#grid .card .mval')].map((m) => m.textContent)")
+    assert shown == ["deletion 0.100", "deletion 0.200", "deletion 0.300", "deletion 0.500"]
+    page.select("#sort", "metric:best:insertion")  # higher is better; c.jpg has no value: last of the ok
+    assert _cards(page) == ["b.jpg", "a.jpg", "d.jpg", "c.jpg", "broken.jpg"]
+    page.select("#sort", "metric:worst:insertion")
+    assert _cards(page)[:3] == ["d.jpg", "a.jpg", "b.jpg"]
+    page.click('.card[title="c.jpg"]')
+    assert page.run_js("return document.querySelector('#detail .cam .mvals').textContent") == (
+        "deletion 0.500 · insertion –"
+    )
+    page.screenshot(artifact("report-metrics.png"))
+    page.click("#detail-close")
+    assert page.console_errors() == []

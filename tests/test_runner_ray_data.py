@@ -28,13 +28,15 @@ def test_missing_ray_extra_is_a_usage_error_with_the_install_hint(
 
 
 def test_ray_engine_matches_the_local_engine(config_file, image_folder: Path, tmp_path: Path) -> None:
+    """Records, summary and identity as the local engine's, cam.metrics and their passes included."""
     pytest.importorskip("ray.data")
     from gradcam_cli.config import load_config
     from gradcam_cli.runner.options import RunOptions
     from gradcam_cli.runner.run import run
 
     (image_folder / "broken.jpg").write_bytes(b"not an image")
-    config = config_file(runtime={"batch_size": 2})
+    metrics = {"metrics": ["confidence_change", "deletion"], "metric_steps": 4}
+    config = config_file(runtime={"batch_size": 2}, cam=metrics)
     local_out, ray_out = tmp_path / "local", tmp_path / "ray"
     local = run(load_config(config, {"output.dir": str(local_out)}), RunOptions(inputs=[str(image_folder)], quiet=True))
     summary = run(
@@ -43,6 +45,7 @@ def test_ray_engine_matches_the_local_engine(config_file, image_folder: Path, tm
     )
     assert (summary.ok, summary.failed, summary.exit_code) == (local.ok, local.failed, 1) == (3, 1, 1)
     assert summary.complete and summary.device == "cpu"
+    assert summary.metric_passes == local.metric_passes == 3 * (1 + 4)
     expected = json.loads((local_out / "manifest.json").read_text())
     got = json.loads((ray_out / "manifest.json").read_text())
     assert got["summary"] == expected["summary"] and got["config_hash"] == expected["config_hash"]
@@ -58,6 +61,7 @@ def test_ray_engine_matches_the_local_engine(config_file, image_folder: Path, tm
                 assert cam[key] == other[key], key
             assert cam["score"] == pytest.approx(other["score"], abs=1e-4)
             assert cam["raw_max"] == pytest.approx(other["raw_max"], rel=1e-3, abs=1e-6)
+            assert cam["metrics"] == pytest.approx(other["metrics"], abs=1e-4)
             for key in ("heatmap", "overlay"):
                 a = np.asarray(Image.open(ray_out / cam[key]), dtype=int)
                 b = np.asarray(Image.open(local_out / other[key]), dtype=int)

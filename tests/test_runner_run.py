@@ -188,3 +188,64 @@ def test_silent_surprises_become_warnings_in_the_manifest(
     assert any(issubclass(w.category, GradcamWarning) and "random weights" in str(w.message) for w in caught)
     manifest = json.loads(summary.manifest.read_text())
     assert manifest["model"]["weights"] == "random-init" and any("random weights" in w for w in manifest["warnings"])
+
+
+METRICS = {
+    "metrics": ["deletion", "insertion", "confidence_change", "road_most", "road_least"],
+    "metric_steps": 4,
+    "road_percentiles": [50],
+}
+
+
+def test_metrics_reach_the_records_the_manifest_and_the_summary(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    """cam.metrics: a value per metric in every cam entry, their statistics in the manifest's summary, and
+    the extra forward passes counted exactly (in `run`, --json and the summary line)."""
+    config = parse_config({**tiny_config, "cam": {**METRICS, "targets": "topk", "top_k": 2}}, tmp_path)
+    summary = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    manifest = json.loads(summary.manifest.read_text())
+    cams = [cam for record in manifest["images"] for cam in record["cams"]]
+    assert len(cams) == 6 and all(set(cam["metrics"]) == set(METRICS["metrics"]) for cam in cams)
+    assert all(0 <= cam["metrics"]["deletion"] <= 1 and 0 <= cam["metrics"]["insertion"] <= 1 for cam in cams)
+    block = manifest["metrics"]
+    assert block["names"] == METRICS["metrics"] and block["metric_steps"] == 4 and block["road_percentiles"] == [50]
+    per_cam = sum(block["passes_per_cam"].values())
+    assert per_cam == 4 + 4 + 1 + 1 + 1  # 32x32 input: 4 steps of 256 pixels
+    assert manifest["run"]["metric_passes"] == summary.metric_passes == 6 * per_cam
+    assert summary.as_dict()["metric_passes"] == 6 * per_cam
+    assert f"Metrics: {6 * per_cam} extra forward passes (22.0 per image)." in summary.line()
+    stats = manifest["summary"]["metrics"]
+    deletion = sorted(cam["metrics"]["deletion"] for cam in cams)
+    assert stats["deletion"]["count"] == 6 and stats["deletion"]["min"] == deletion[0]
+    assert stats["deletion"]["median"] == pytest.approx((deletion[2] + deletion[3]) / 2, abs=1e-6)
+    assert {"average_drop", "increase_in_confidence"} <= set(stats["confidence_change"])
+    # a rerun with nothing new rewrites the manifest without torch: the statistics stay
+    again = run(config, RunOptions(inputs=[str(image_folder)], quiet=True))
+    assert json.loads(again.manifest.read_text())["summary"]["metrics"] == stats
+
+
+def test_without_metrics_records_and_manifest_keep_their_shape(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    summary = run(parse_config(tiny_config, tmp_path), RunOptions(inputs=[str(image_folder)], quiet=True))
+    manifest = json.loads(summary.manifest.read_text())
+    assert "metrics" not in manifest and set(manifest["summary"]) == {"total", "ok", "failed"}
+    assert set(manifest["run"]) == {"ok", "failed", "skipped", "complete", "interrupted_by", "left"}
+    keys = {"rank", "class_index", "label", "score", "heatmap", "overlay", "raw_max", "quality"}
+    assert all(set(cam) == keys for record in manifest["images"] for cam in record["cams"])
+    assert "metric_passes" not in summary.as_dict() and "Metrics" not in summary.line()
+    assert not any(key.startswith("cam.metric") or key == "cam.road_percentiles" for key in manifest["identity"])
+
+
+def test_turning_metrics_on_is_another_identity(
+    tmp_path: Path, tiny_config: dict[str, Any], image_folder: Path
+) -> None:
+    """A folder never mixes records with and without metrics: turning them on is refused like any change of
+    identity (--overwrite recomputes everything)."""
+    run(parse_config(tiny_config, tmp_path), RunOptions(inputs=[str(image_folder)], quiet=True))
+    with_metrics = parse_config({**tiny_config, "cam": {"metrics": ["deletion"]}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"cam.metrics changed: \[\] -> \[\"deletion\"\]"):
+        run(with_metrics, RunOptions(inputs=[str(image_folder)], quiet=True))
+    summary = run(with_metrics, RunOptions(inputs=[str(image_folder)], quiet=True, overwrite=True))
+    assert summary.ok == 3 and summary.metric_passes == 3 * 20

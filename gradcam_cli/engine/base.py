@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradcam_cli.engine import metrics as faithfulness
 from gradcam_cli.engine.layouts import identity
 from gradcam_cli.engine.methods import CamInputs, CamMethod, first_component
 from gradcam_cli.errors import ModelError
@@ -52,6 +53,7 @@ class HostCams:
     quality: list[list[str]]  # (B, K)
     cams: np.ndarray | None  # (B, K, H, W) float32, unless left on the device
     raw: np.ndarray | None  # (B, K, h, w) float32, when asked for
+    metrics: dict[str, np.ndarray] | None = None  # cam.metrics: name -> (B, K) float32
 
 
 @dataclass
@@ -66,6 +68,8 @@ class CamBatch:
     raw_min: torch.Tensor  # (B, K) minimum of the raw map, mean over layers
     nonfinite: torch.Tensor  # (B, K) bool: the raw map had NaN or Inf
     underflow: torch.Tensor | None = None  # (B, K) bool: fp16 gradients all zero
+    metrics: dict[str, torch.Tensor] | None = None  # cam.metrics: name -> (B, K) float32 (engine/metrics.py)
+    metric_passes: int = 0  # extra forward passes (one image each) the metrics ran
 
     def host(self, cams: bool = True, raw: bool = False) -> HostCams:
         """Everything the records and render jobs need, in one device-to-host copy: the tensors are packed
@@ -77,13 +81,16 @@ class CamBatch:
         flags = self.underflow if self.underflow is not None else torch.zeros_like(self.nonfinite)
         parts = [self.probabilities, self.class_indices, self.raw_max, self.raw_min, self.nonfinite, flags]
         parts += ([self.cams] if cams else []) + ([self.raw] if raw else [])
+        metric_names = list(self.metrics or {})
+        parts += [self.metrics[name] for name in metric_names]  # type: ignore[index]
         packed = torch.cat([part.detach().reshape(-1).float() for part in parts]).cpu().numpy()
         arrays, start = [], 0
         for part in parts:
             arrays.append(packed[start : start + part.numel()].reshape(part.shape))
             start += part.numel()
         probabilities, classes, top, bottom, bad, lost = arrays[:6]
-        rest = iter(arrays[6:])
+        rest = iter(arrays[6 : len(arrays) - len(metric_names)])
+        metric_values = arrays[len(arrays) - len(metric_names) :]
         return HostCams(
             probabilities=probabilities,
             class_indices=classes.astype(np.int64),
@@ -91,6 +98,7 @@ class CamBatch:
             quality=_quality(top, bottom, bad > 0, lost > 0),
             cams=next(rest) if cams else None,
             raw=next(rest) if raw else None,
+            metrics=dict(zip(metric_names, metric_values, strict=True)) if self.metrics is not None else None,
         )
 
     @property
@@ -157,6 +165,7 @@ class CamEngine:
         aug_smooth: bool = False,
         chunk: int = 64,
         calls: Sequence[int] | None = None,
+        metrics: faithfulness.MetricSettings | None = None,
     ) -> None:
         self.model = model
         self.target_layers = list(target_layers)
@@ -173,7 +182,9 @@ class CamEngine:
         self.calls = list(calls) if calls is not None else [1] * len(self.target_layers)
         self._seen: list[int] = [0] * len(self.target_layers)
         self._underflow: torch.Tensor | None = None  # (B, K): fp16 gradients that were all zero
+        self.metrics = metrics if metrics is not None and metrics.names else None
         self.show_progress = False  # a progress bar for methods with many extra passes
+        self._muted = False  # the metrics' forward passes keep no activations
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._activations: dict[int, torch.Tensor] = {}
 
@@ -200,7 +211,7 @@ class CamEngine:
 
     def _capture(self, index: int) -> Callable[..., torch.Tensor | None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor | None:
-            if not self._is_last_call(index):
+            if self._muted or not self._is_last_call(index):
                 return None  # an earlier call of a shared module: it runs as usual
             if not torch.is_tensor(output):
                 raise ModelError(
@@ -247,7 +258,34 @@ class CamEngine:
         batch = self._normalise(maps, probabilities, classes, tuple(images.shape[-2:]), self._underflow)
         if self.aug_smooth:
             batch.cams = self._augmented(images, classes, batch.cams)
+        if self.metrics is not None:
+            batch.metrics, batch.metric_passes = self._faithfulness(images, batch, self.metrics)
         return batch
+
+    def probabilities(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Softmax probability of `classes` (N,) on `inputs`, no graph, fp32 also under bf16/fp16 (as the
+        score methods' extra passes), with the target layer hooks muted: a metric's forward pass."""
+        self._muted = True
+        try:
+            with torch.no_grad():
+                logits = self.scores(self.model(inputs))
+        finally:
+            self._muted = False
+        return torch.softmax(logits.float(), dim=1).gather(1, classes[:, None])[:, 0]
+
+    def _faithfulness(
+        self, images: torch.Tensor, batch: CamBatch, settings: faithfulness.MetricSettings
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """cam.metrics on this batch's CAMs: name -> (B, K), and the forward passes they took."""
+        score = faithfulness.CountedScore(self.probabilities)
+        b, k = batch.class_indices.shape
+        if self.precision in ("fp32", "tf32"):
+            base = batch.probabilities.gather(1, batch.class_indices)
+        else:  # the metrics' passes run in fp32: so does the probability they start from
+            base = torch.stack([score(images, batch.class_indices[:, j]) for j in range(k)], dim=1)
+        explained = faithfulness.Explained.of(images, batch.cams, batch.class_indices, base)
+        values = faithfulness.compute(score, explained, settings)
+        return {name: value.reshape(b, k) for name, value in values.items()}, score.passes
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self._new_forward()

@@ -10,7 +10,8 @@ parts in which two runs differ. The parts (a flat mapping, `section.key` -> a JS
   (`IMAGENET1K_V2`, `DEFAULT`), timm's `pretrained`, the torchvision/timm model name;
 - the model keys that shape the maps: kwargs, target_layer, output, the layouts, the token grid;
 - every `preprocess` and `cam` key (fast_decode included), and `runtime.precision` (bf16, fp16 and fp32
-  heatmaps differ).
+  heatmaps differ); `cam.metrics` and its settings only when metrics are on (they change no heatmap, but
+  the records then hold their values: a folder never mixes records with and without them).
 
 Not part of it: where files are (a second clone of the same weights is the same run), the device (at the
 same precision), batch size, workers, threads, output and input options, and model.allow_pickle and
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradcam_cli.config import Config, ModelConfig, looks_like_path
+from gradcam_cli.config import Config, ModelConfig, looks_like_path, metric_keys_off
 from gradcam_cli.io.labels import label_names
 
 # model keys that shape the heatmaps, besides the source, weights and labels (described separately)
@@ -175,10 +176,8 @@ def run_identity(config: Config, hashes: FileHashes | None = None) -> RunIdentit
         parts["model.labels"] = _names(label_names(Path(labels)))
     dumped = model.model_dump(mode="json")
     parts.update({f"model.{key}": dumped[key] for key in MODEL_KEYS})
-    for section in ("preprocess", "cam"):
-        parts.update(
-            {f"{section}.{key}": value for key, value in getattr(config, section).model_dump(mode="json").items()}
-        )
+    parts.update({f"preprocess.{key}": value for key, value in config.preprocess.model_dump(mode="json").items()})
+    parts.update({f"cam.{key}": value for key, value in metric_keys_off(config.cam.model_dump(mode="json")).items()})
     parts["runtime.precision"] = config.runtime.precision
     return RunIdentity(parts, missing)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gradcam_cli.io.files import atomic_open, atomic_write_bytes
+from gradcam_cli.io.metric_summary import metric_summary
 
 SCHEMA_VERSION = 1
 RECORDS_NAME = "records.jsonl"
@@ -189,23 +190,37 @@ def write_manifest(
     if latest is None:
         latest, _ = latest_records(files)
     counts = folder_counts(latest)
-    body = dict(header, schema_version=SCHEMA_VERSION, summary=counts, **identity_fields(out_dir))
+    summary: dict[str, Any] = dict(counts)
+    names = (header.get("metrics") or {}).get("names") if isinstance(header.get("metrics"), dict) else None
+    if names:  # cam.metrics: their statistics over the folder (one more read of the latest records)
+        summary["metrics"] = metric_summary((json.loads(line) for line in _latest_lines_of(files, latest)), names)
+    body = dict(header, schema_version=SCHEMA_VERSION, summary=summary, **identity_fields(out_dir))
     if run is not None:
         body["run"] = run
     head = json.dumps(body, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
     path = out_dir / MANIFEST_NAME
     with atomic_open(path, durable=True) as out, contextlib.ExitStack() as stack:
         out.write((head[: head.rstrip().rfind("}")].rstrip() + ',\n  "images": [').encode())
+        for index, line in enumerate(_latest_lines_of(files, latest, stack)):
+            out.write((b"\n    " if index == 0 else b",\n    ") + line)
+        out.write(b"\n  ]\n}\n")
+    return path, counts
+
+
+def _latest_lines_of(
+    files: list[Path], latest: dict[str, tuple[int, int, bool]], stack: contextlib.ExitStack | None = None
+) -> Iterator[bytes]:
+    """Each path's latest record line (without its newline), in path order, read from its records file."""
+    with contextlib.ExitStack() as own:
+        stack = stack or own
         handles: dict[int, IO[bytes]] = {}
-        for index, image_path in enumerate(sorted(latest, key=path_order)):
+        for image_path in sorted(latest, key=path_order):
             file_index, offset, _ = latest[image_path]
             if file_index not in handles:
                 handles[file_index] = stack.enter_context(open(files[file_index], "rb"))
             records = handles[file_index]
             records.seek(offset)
-            out.write((b"\n    " if index == 0 else b",\n    ") + records.readline().rstrip(b"\n"))
-        out.write(b"\n  ]\n}\n")
-    return path, counts
+            yield records.readline().rstrip(b"\n")
 
 
 def write_run_info(

@@ -9,7 +9,9 @@ four drift measures on the 0..1 heatmaps at the original image size:
 - IoU of the two maps' top-20% regions (whether the hot spot is the same place),
 - the peak's shift in pixels (the centroid of each map's maximum).
 
-An image drifts when any measure is beyond its threshold (`compare:` config section or options).
+An image drifts when any measure is beyond its threshold (`compare:` config section or options). With
+`compare.max_metric_drop`, the run as a whole also fails when the mean of a faithfulness metric
+(cam.metrics) over the images explained in both runs got worse by more than that.
 
 The folders are data, not trusted: every record is checked for the types compare reads (a malformed one
 is exit 2 naming it), files must lie inside their folder, and a picture declaring more pixels than
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gradcam_cli.config import CompareConfig, InputConfig
+from gradcam_cli.config import METRIC_HIGHER_IS_BETTER, CompareConfig, InputConfig
 from gradcam_cli.errors import ConfigError
 from gradcam_cli.io.files import inside
 from gradcam_cli.io.identity import describe_differences
@@ -89,6 +91,34 @@ class ImageComparison:
         return (STATUS_ORDER.index(self.status), correlation)
 
 
+@dataclass(frozen=True)
+class MetricCheck:
+    """`compare.max_metric_drop` for one metric: its mean over the cams of the images ok in both runs."""
+
+    name: str
+    baseline_mean: float
+    current_mean: float
+    images: int  # images ok on both sides that have the metric
+    limit: float
+
+    @property
+    def drop(self) -> float:
+        """How much worse the current mean is (negative: better), in the metric's own units."""
+        change = self.current_mean - self.baseline_mean
+        return -change if METRIC_HIGHER_IS_BETTER.get(self.name, True) else change
+
+    @property
+    def failing(self) -> bool:
+        return self.drop > self.limit
+
+    def describe(self) -> str:
+        word = "worse" if self.drop > 0 else "better"
+        return (
+            f"{self.name} mean {self.baseline_mean:.3f} -> {self.current_mean:.3f} ({word} by {abs(self.drop):.3f}; "
+            f"limit {self.limit}; {self.images} images)"
+        )
+
+
 @dataclass
 class Comparison:
     """The whole comparison: verdicts worst first, the thresholds used, and notes about the two runs."""
@@ -98,6 +128,7 @@ class Comparison:
     thresholds: CompareConfig
     images: list[ImageComparison]
     notes: list[str] = field(default_factory=list)
+    metric_checks: list[MetricCheck] = field(default_factory=list)  # compare.max_metric_drop, per metric
 
     def count(self, status: str) -> int:
         return sum(1 for image in self.images if image.status == status)
@@ -107,13 +138,20 @@ class Comparison:
         return [image for image in self.images if image.failing]
 
     @property
+    def failing_metrics(self) -> list[MetricCheck]:
+        return [check for check in self.metric_checks if check.failing]
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failing else 0
+        return 1 if self.failing or self.failing_metrics else 0
 
     def summary_line(self) -> str:
         counts = ", ".join(f"{self.count(s)} {s}" for s in STATUS_ORDER if self.count(s))
-        verdict = "DRIFT" if self.failing else "OK"
-        return f"{verdict}: {len(self.images)} images compared ({counts or 'none'})."
+        verdict = "DRIFT" if self.failing or self.failing_metrics else "OK"
+        metrics = ""
+        if self.failing_metrics:
+            metrics = "; metric mean worse: " + ", ".join(check.describe() for check in self.failing_metrics)
+        return f"{verdict}: {len(self.images)} images compared ({counts or 'none'}){metrics}."
 
 
 def heatmap_drift(baseline: np.ndarray, current: np.ndarray) -> Drift:
@@ -438,4 +476,53 @@ def compare_runs(baseline_dir: Path, current_dir: Path, limits: CompareConfig) -
         thresholds=limits,
         images=images,
         notes=_config_notes(baseline, current),
+        metric_checks=metric_checks(baseline, current, limits),
     )
+
+
+def _metric_values(record: dict[str, Any], name: str) -> list[float]:
+    values = []
+    for cam in _cams(record):
+        metrics = cam.get("metrics")
+        value = metrics.get(name) if isinstance(metrics, dict) else None
+        if _is_number(value):
+            values.append(float(value))
+    return values
+
+
+def _metric_names(run: RunResults) -> list[str]:
+    block = run.manifest.get("metrics")
+    names = block.get("names") if isinstance(block, dict) else None
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def metric_checks(baseline: RunResults, current: RunResults, limits: CompareConfig) -> list[MetricCheck]:
+    """`compare.max_metric_drop`: per metric both runs recorded, its mean over the cams of the images ok in
+    both runs (the same images on both sides, whatever --allow-missing let through). A limit with no
+    metric in common is exit 2: a check that compared nothing must not pass."""
+    if limits.max_metric_drop is None:
+        return []
+    names = [name for name in _metric_names(current) if name in _metric_names(baseline)]
+    if not names:
+        raise ConfigError(
+            "compare.max_metric_drop is set but the two runs record no faithfulness metric in common (baseline: "
+            f"{', '.join(_metric_names(baseline)) or 'none'}; current: {', '.join(_metric_names(current)) or 'none'})"
+            ". Run both with the same cam.metrics, or leave max_metric_drop unset."
+        )
+    both = [
+        path
+        for path, record in current.records.items()
+        if record.get("status") == "ok" and baseline.records.get(path, {}).get("status") == "ok"
+    ]
+    checks = []
+    for name in names:
+        old, new, images = [], [], 0
+        for path in both:
+            a, b = _metric_values(baseline.records[path], name), _metric_values(current.records[path], name)
+            if a and b:
+                old.extend(a)
+                new.extend(b)
+                images += 1
+        if images:
+            checks.append(MetricCheck(name, sum(old) / len(old), sum(new) / len(new), images, limits.max_metric_drop))
+    return checks

@@ -30,7 +30,7 @@ from gradcam_cli.io.decode import ImageReadError, decode_bytes
 from gradcam_cli.io.encode import jpeg_preview
 from gradcam_cli.io.files import atomic_write_bytes
 from gradcam_cli.io.overlay import blend, colorize
-from gradcam_cli.reports.compare import PASS, Comparison, ImageComparison, read_picture, result_file
+from gradcam_cli.reports.compare import PASS, Comparison, ImageComparison, MetricCheck, read_picture, result_file
 
 TABLE_ROWS = 40  # terminal and Markdown: enough to act on, short enough to read
 HTML_IMAGES = 100  # failing images shown with pictures; the rest are listed in the table
@@ -89,8 +89,14 @@ def _thresholds(comparison: Comparison) -> str:
         parts.append(f"peak shift <= {limits.max_peak_shift} px")
     if limits.max_score_change is not None:
         parts.append(f"|score change| <= {limits.max_score_change}")
+    if limits.max_metric_drop is not None:
+        parts.append(f"metric mean worse by <= {limits.max_metric_drop}")
     parts.append("label changes allowed" if limits.allow_label_change else "label changes fail")
     return ", ".join(parts)
+
+
+def _metric_line(check: MetricCheck) -> str:
+    return f"metric {'DRIFT' if check.failing else 'ok'}: {printable(check.describe())}"
 
 
 def text_table(comparison: Comparison, rows: int = TABLE_ROWS) -> str:
@@ -99,6 +105,7 @@ def text_table(comparison: Comparison, rows: int = TABLE_ROWS) -> str:
     lines = [f"baseline: {printable(comparison.baseline_dir)}", f"current:  {printable(comparison.current_dir)}"]
     lines += [f"note: {printable(note)}" for note in comparison.notes]
     lines.append(f"thresholds: {_thresholds(comparison)}")
+    lines += [_metric_line(check) for check in comparison.metric_checks]
     if shown:
         table = [HEADERS] + [_cells(image) for image in shown[:rows]]
         widths = [min(60, max(len(row[i]) for row in table)) for i in range(len(HEADERS))]
@@ -122,14 +129,15 @@ def _xml_safe(text: str) -> str:
 
 def write_junit(comparison: Comparison, path: Path) -> None:
     """JUnit XML: one testcase per image; drift and failures are <failure>, missing images <skipped>."""
-    failures = len(comparison.failing)
+    failures = len(comparison.failing) + len(comparison.failing_metrics)
     skipped = sum(1 for image in comparison.images if image.status not in (PASS, "drift", "failed"))
-    suites = ET.Element("testsuites", name="gradcam compare", tests=str(len(comparison.images)))
+    tests = len(comparison.images) + len(comparison.metric_checks)
+    suites = ET.Element("testsuites", name="gradcam compare", tests=str(tests))
     suite = ET.SubElement(
         suites,
         "testsuite",
         name="gradcam-compare",
-        tests=str(len(comparison.images)),
+        tests=str(tests),
         failures=str(failures),
         errors="0",
         skipped=str(skipped),
@@ -154,6 +162,12 @@ def write_junit(comparison: Comparison, path: Path) -> None:
             ET.SubElement(case, "skipped", message=f"{image.status}: {'; '.join(reasons)}"[:500])
         else:
             ET.SubElement(case, "system-out").text = detail
+    for check in comparison.metric_checks:  # compare.max_metric_drop: one testcase per metric, for the run
+        case = ET.SubElement(suite, "testcase", classname="gradcam.compare.metrics", name=check.name, time="0")
+        if check.failing:
+            ET.SubElement(case, "failure", type="metric-drop", message=check.describe()).text = check.describe()
+        else:
+            ET.SubElement(case, "system-out").text = check.describe()
     for element in suites.iter():  # file names may hold characters XML 1.0 cannot carry
         element.attrib = {key: _xml_safe(value) for key, value in element.attrib.items()}
         if element.text:
@@ -183,8 +197,12 @@ def markdown(comparison: Comparison, rows: int = 10) -> str:
         for s in ("pass", "drift", "failed", "missing-in-current", "missing-in-baseline", "failed-both")
         if comparison.count(s)
     ]
+    if comparison.failing_metrics:
+        worse = "a metric's mean got worse"
+        lines[0] = f"{title}; {worse}" if failing else f"### Grad-CAM attention check: {worse}"
     lines.append(f"{', '.join(counts)}. Thresholds: {_thresholds(comparison)}.")
     lines += [f"- note: {_md(note)}" for note in comparison.notes]
+    lines += [f"- {_md(_metric_line(check))}" for check in comparison.metric_checks]
     shown = [image for image in comparison.images if image.status != PASS][:rows]
     if shown:
         lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
@@ -346,7 +364,10 @@ def html_page(comparison: Comparison) -> str:
         if failing
         else '<span class="verdict good">no drift</span>'
     )
+    if comparison.failing_metrics:
+        verdict += ' <span class="verdict bad">metric mean worse</span>'
     notes = "".join(f"<p>note: {html.escape(printable(note))}</p>" for note in comparison.notes)
+    notes += "".join(f"<p>{html.escape(_metric_line(check))}</p>" for check in comparison.metric_checks)
     cards = "".join(_card(comparison, image) for image in failing[:HTML_IMAGES])
     if len(failing) > HTML_IMAGES:
         cards += f"<p>{len(failing) - HTML_IMAGES} more failing images are listed in the table below.</p>"
@@ -363,7 +384,7 @@ def html_page(comparison: Comparison) -> str:
     folders = printable(f"baseline: {comparison.baseline_dir} · current: {comparison.current_dir}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>gradcam compare: {"drift" if failing else "ok"}</title><style>{STYLE}</style></head>
+<title>gradcam compare: {"drift" if comparison.exit_code else "ok"}</title><style>{STYLE}</style></head>
 <body><header><h1>Grad-CAM attention check {verdict}</h1>
 <p>{html.escape(comparison.summary_line())}</p>
 <p>{html.escape(folders)}</p>

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
+from gradcam_cli.config import METRIC_HIGHER_IS_BETTER as HIGHER_IS_BETTER
 from gradcam_cli.errors import OutputError
 from gradcam_cli.io.encode import THUMBNAIL_SIZE, jpeg_preview
 from gradcam_cli.io.files import Within, atomic_write_bytes, inside
@@ -135,6 +136,14 @@ def _label(entry: dict[str, Any]) -> str | None:
     return f"class {index}" if isinstance(index, int) else None
 
 
+def _metrics(cam: dict[str, Any]) -> dict[str, float | None] | None:
+    """cam.metrics values of a cam entry (finite numbers or None), None when the run computed none."""
+    metrics = cam.get("metrics")
+    if not isinstance(metrics, dict):
+        return None
+    return {str(name): _score(value) for name, value in metrics.items()}
+
+
 def _image_data(within: Within, record: dict[str, Any], thumbnails: dict[str, str]) -> dict[str, Any]:
     path = record["path"]
     cams = []
@@ -148,6 +157,7 @@ def _image_data(within: Within, record: dict[str, Any], thumbnails: dict[str, st
                 "score": _score(cam.get("score")),
                 "quality": cam.get("quality"),
                 "raw_max": _score(cam.get("raw_max")),
+                "metrics": _metrics(cam),
                 "heatmap": url(heatmap) if heatmap else None,
                 "overlay": url(overlay) if overlay else None,
             }
@@ -169,6 +179,7 @@ def _image_data(within: Within, record: dict[str, Any], thumbnails: dict[str, st
         "height": record.get("height"),
         "label": top["label"] if top and status != "error" else None,
         "score": top["score"] if top and status != "error" else None,
+        "metrics": (cams[0]["metrics"] or {}) if cams and status != "error" else {},  # the top class's, to sort by
         "thumbnail": url(thumbnail) if thumbnail else None,
         "cams": cams,
         "predictions": predictions,
@@ -186,7 +197,67 @@ def report_data(out_dir: Path, manifest: dict[str, Any], thumbnails: dict[str, s
         for record in manifest.get("images") or []
         if isinstance(record, dict) and isinstance(record.get("path"), str)
     ]
-    return {"page_size": PAGE_SIZE, "images": images}
+    return {"page_size": PAGE_SIZE, "images": images, "metrics": metric_columns(manifest, images)}
+
+
+def metric_columns(manifest: dict[str, Any], images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The metrics the page can show and sort by: the manifest's `metrics.names` (else those the records
+    hold), each with whether higher is better. Empty for a run without cam.metrics."""
+    block = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {}
+    names = [n for n in block.get("names") or [] if isinstance(n, str)] if isinstance(block.get("names"), list) else []
+    if not names:
+        names = sorted({name for image in images for cam in image["cams"] for name in cam["metrics"] or {}})
+    better = block.get("higher_is_better") if isinstance(block.get("higher_is_better"), dict) else {}
+    return [{"name": name, "higher_is_better": better.get(name, HIGHER_IS_BETTER.get(name, True))} for name in names]
+
+
+HISTOGRAM_BINS = 16
+
+
+def histogram_svg(values: list[float], bins: int = HISTOGRAM_BINS, width: int = 160, height: int = 34) -> str:
+    """A small inline SVG histogram of `values` (each bar's count and range in its tooltip); '' when empty."""
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, int((value - low) / span * bins))] += 1
+    tallest = max(counts)
+    step = width / bins
+    bars = []
+    for index, count in enumerate(counts):
+        bar = round((height - 2) * count / tallest, 1)
+        start, end = low + span * index / bins, low + span * (index + 1) / bins
+        bars.append(
+            f'<rect x="{index * step:.1f}" y="{height - bar:.1f}" width="{step - 1:.1f}" height="{bar}">'
+            f"<title>{count} in [{start:.3f}, {end:.3f}]</title></rect>"
+        )
+    return (
+        f'<svg class="histogram" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="histogram">{"".join(bars)}</svg>'
+    )
+
+
+def _metrics_header(manifest: dict[str, Any], data: dict[str, Any]) -> str:
+    """Per metric: its name (which way is better), mean and median, and a histogram over the top classes."""
+    summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
+    stats = summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}
+    blocks = []
+    for column in data["metrics"]:
+        name = column["name"]
+        values = [v for image in data["images"] if (v := (image.get("metrics") or {}).get(name)) is not None]
+        facts = stats.get(name) if isinstance(stats.get(name), dict) else {}
+        numbers = " · ".join(
+            f"{key} {facts[key]:.3f}" for key in ("mean", "median") if isinstance(facts.get(key), (int, float))
+        )
+        better = "higher is better" if column["higher_is_better"] else "lower is better"
+        blocks.append(
+            f'<figure class="metric" data-metric="{html.escape(name)}">{histogram_svg(values)}'
+            f"<figcaption><b>{html.escape(name)}</b> <span>{html.escape(numbers)}</span> "
+            f"<span>({better})</span></figcaption></figure>"
+        )
+    return f'<div class="metrics">{"".join(blocks)}</div>' if blocks else ""
 
 
 def _summary(manifest: dict[str, Any], data: dict[str, Any]) -> dict[str, int]:
@@ -234,7 +305,7 @@ def _header(out_dir: Path, manifest: dict[str, Any], data: dict[str, Any]) -> st
     name = html.escape(Path(out_dir).resolve().name or str(out_dir))
     return (
         f'<h1>Grad-CAM report <span class="dir">{name}</span></h1>'
-        f'<div class="counts">{badges}</div><dl class="facts">{items}</dl>'
+        f'<div class="counts">{badges}</div><dl class="facts">{items}</dl>{_metrics_header(manifest, data)}'
     )
 
 

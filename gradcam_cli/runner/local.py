@@ -60,6 +60,8 @@ def stream(job: RunJob) -> RunSummary:
         return written
 
     prepared.engine.show_progress = not options.quiet
+    if prepared.engine.metrics is not None:
+        summary.metric_passes = 0
     finished = False
     try:
         progress = progress_bar(options.quiet)
@@ -78,6 +80,7 @@ def stream(job: RunJob) -> RunSummary:
                 if batch.pixels is not None:
                     images = normalise(batch.pixels, config.preprocess, prepared.device)
                     result = prepared.engine.explain(images, prepared.targets)
+                    summary.count_metric_passes(result.metric_passes)
                     if prepared.device.type == "cuda":
                         torch.cuda.synchronize(prepared.device)  # attribute GPU time to compute
                 mark = summary.lap("compute", mark)

@@ -58,6 +58,7 @@ class RunSummary:
     folder: dict[str, int] | None = None  # the whole output folder after this run: total, ok, failed
     left: int | None = None  # images still to do when the run stopped early (None: unknown, e.g. stdin)
     warnings: list[str] = field(default_factory=list)  # what the run warned about (also in the manifest)
+    metric_passes: int | None = None  # cam.metrics: the extra forward passes (one image each); None: no metrics
 
     @classmethod
     def start(cls, out_dir: Path) -> tuple[RunSummary, float]:
@@ -93,7 +94,16 @@ class RunSummary:
         self.total += len(written)
         if progress is not None:
             progress.update(len(written) + skipped)
-            progress.set_postfix(ok=self.ok, failed=self.failed, skipped=self.skipped, refresh=False)
+            progress.set_postfix(
+                ok=self.ok, failed=self.failed, skipped=self.skipped, **self._metric_postfix(), refresh=False
+            )
+
+    def count_metric_passes(self, passes: int) -> None:
+        if self.metric_passes is not None:
+            self.metric_passes += passes
+
+    def _metric_postfix(self) -> dict[str, int]:
+        return {} if self.metric_passes is None else {"metric_passes": self.metric_passes}
 
     def stop_after_batch(self, signum: int | None, fail_fast: bool, records: list[dict[str, Any]]) -> bool:
         """Whether to start no further batch: a signal came (noted as the interruption), or --fail-fast saw
@@ -112,6 +122,7 @@ class RunSummary:
             "complete": self.complete,
             "interrupted_by": self.interrupted_by,
             "left": self.left,
+            **self._metric_postfix(),
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,6 +143,7 @@ class RunSummary:
             "left": self.left,
             "nothing_new": self.ok + self.failed == 0 and self.interrupted_by is None,
             "warnings": self.warnings,
+            **self._metric_postfix(),
         }
 
     def line(self) -> str:
@@ -154,8 +166,11 @@ class RunSummary:
             nothing = f"Nothing new: all {self.skipped} images were already done" if self.skipped else "No images"
             return f"{nothing} (in {self.seconds:.1f} s).{folder} {where}"
         stopped = ""
+        if self.metric_passes is not None and self.ok:
+            per = self.metric_passes / self.ok
+            stopped = f" Metrics: {self.metric_passes} extra forward passes ({per:.1f} per image)."
         if not self.complete:
-            stopped = f" Stopped early (--limit/--fail-fast): {self.left if self.left is not None else 'some'} left."
+            stopped += f" Stopped early (--limit/--fail-fast): {self.left if self.left is not None else 'some'} left."
         return (
             f"{new} new images: {self.ok} ok, {self.failed} failed{skipped} in {self.seconds:.1f} s "
             f"({rate:.1f} img/s).{stopped}{folder} {where}"

@@ -15,6 +15,7 @@ import torch
 from gradcam_cli.config import Config, did_you_mean
 from gradcam_cli.engine import METHODS, CamEngine, TargetSpec
 from gradcam_cli.engine.layouts import describe_layout
+from gradcam_cli.engine.metrics import MetricSettings
 from gradcam_cli.errors import ConfigError, GradcamWarning
 from gradcam_cli.models.batchnorm import fuse_conv_batchnorm
 from gradcam_cli.models.layers import resolve_target_layers, score_reader, trace_layers
@@ -144,6 +145,14 @@ def resolve_targets(config: Config, labels: list[str] | None, num_classes: int) 
     return TargetSpec("fixed", classes=tuple(indices))
 
 
+def metric_settings(config: Config) -> MetricSettings | None:
+    """What the engine computes for `cam.metrics` (None: no metrics)."""
+    cam = config.cam
+    if not cam.metrics:
+        return None
+    return MetricSettings(cam.metrics, cam.metric_steps, tuple(cam.road_percentiles), cam.chunk_size)
+
+
 def with_batch_cap(config: Config, max_batch: int | None) -> Config:
     """`runtime.batch_size` at most `max_batch` (an ONNX graph that only takes one image at a time)."""
     if max_batch is None or config.runtime.batch_size <= max_batch:
@@ -230,6 +239,7 @@ def prepare(config: Config, build: Config | None = None) -> PreparedRun:
         aug_smooth=build.cam.aug_smooth,
         chunk=build.cam.chunk_size,
         calls=[calls.get(name, 1) for name, _ in named_layers],
+        metrics=metric_settings(build),
     )
     return PreparedRun(
         config=with_batch_cap(config, max_batch),

@@ -127,7 +127,13 @@ class CamActor:
                 records[row] = with_render_outcome(record, future.result(), job)
         lines = iter(dumps_record(record) for record in records)
         out = ["" if item.skipped else next(lines) for item in items]
-        return {"record": np.array(out, dtype=object), "device": np.array([str(prepared.device)] * len(out))}
+        # cam.metrics' forward passes of the batch, on its first row (rows may be regrouped on the way back)
+        passes = [result.metric_passes if result is not None else 0] + [0] * (len(out) - 1)
+        return {
+            "record": np.array(out, dtype=object),
+            "device": np.array([str(prepared.device)] * len(out)),
+            "passes": np.array(passes[: len(out)], dtype=np.int64),
+        }
 
 
 # ---------------------------------------------------------------- driver
@@ -248,6 +254,8 @@ def stream(job: RunJob) -> RunSummary:
         summary.complete = walked_all()
         summary.seconds = time.perf_counter() - clock
         return summary
+    if config.cam.metrics:
+        summary.metric_passes = 0
     started_here = _connect(options)
     records = RecordsWriter(job.records_path)
     progress = progress_bar(options.quiet)
@@ -286,6 +294,7 @@ def stream(job: RunJob) -> RunSummary:
                 written = [json.loads(line) for line in batch["record"] if line]
                 skipped = sum(1 for line in batch["record"] if not line)
                 records.write_batch(written)
+                summary.count_metric_passes(int(batch["passes"].sum()) if "passes" in batch else 0)
                 summary.account(written, events, progress, skipped)
                 if len(batch["device"]):
                     summary.device = str(batch["device"][0])

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from gradcam_cli.config import Config
 from gradcam_cli.engine import CamBatch
+from gradcam_cli.engine.metrics import finite_or_none
 from gradcam_cli.errors import EXIT_INTERNAL, GradcamError, OutputError
 from gradcam_cli.io.decode import ImageReadError, decode_bgr
 from gradcam_cli.io.discovery import ImageSource
@@ -198,6 +199,9 @@ def render_batch(
         classes_all = host.class_indices.tolist()
         raw_max_all = host.raw_max.tolist()
         quality_all = host.quality
+        metrics_all = (
+            {name: values.tolist() for name, values in host.metrics.items()} if host.metrics is not None else None
+        )
     position = {item_index: row for row, item_index in enumerate(batch.ok)}
     overlays_on_device = _overlays_on_device(settings, batch, result, originals, position)
     for index, item in enumerate(batch.items):
@@ -243,6 +247,8 @@ def render_batch(
                 "raw_max": float(raw_max_all[row][rank]),
                 "quality": quality_all[row][rank],
             }
+            if metrics_all is not None:  # cam.metrics: only then, so records without metrics stay as they were
+                entry["metrics"] = {name: finite_or_none(values[row][rank]) for name, values in metrics_all.items()}
             if config.output.raw:
                 entry["raw"] = f"{RAW}/{name.removesuffix('.png')}.npy"
                 entry["raw_feature"] = f"{RAW}/{name.removesuffix('.png')}.feature.npy"

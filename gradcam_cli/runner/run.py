@@ -286,6 +286,24 @@ def _finish_shard(
 
 def _manifest_header(prepared: PreparedRun, summary: RunSummary, identity: RunIdentity) -> dict[str, Any]:
     config = prepared.config
+    header = _plain_header(prepared, summary, identity)
+    settings = prepared.engine.metrics
+    if settings is not None:  # only with cam.metrics: a manifest without them stays as it was
+        from gradcam_cli.engine.metrics import HIGHER_IS_BETTER, passes_per_cam
+
+        height, width = config.preprocess.size
+        header["metrics"] = {
+            "names": list(settings.names),
+            "metric_steps": settings.steps,
+            "road_percentiles": list(settings.percentiles),
+            "higher_is_better": {name: HIGHER_IS_BETTER[name] for name in settings.names},
+            "passes_per_cam": passes_per_cam(settings, height * width),
+        }
+    return header
+
+
+def _plain_header(prepared: PreparedRun, summary: RunSummary, identity: RunIdentity) -> dict[str, Any]:
+    config = prepared.config
     return {
         "tool": {"name": "gradcam-cli", "version": __version__},
         "config": config.model_dump(mode="json"),
