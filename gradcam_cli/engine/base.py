@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradcam_cli.engine import metrics as faithfulness
 from gradcam_cli.engine.layouts import identity
 from gradcam_cli.engine.methods import CamInputs, CamMethod, first_component
 from gradcam_cli.errors import ModelError
@@ -66,6 +67,8 @@ class CamBatch:
     raw_min: torch.Tensor  # (B, K) minimum of the raw map, mean over layers
     nonfinite: torch.Tensor  # (B, K) bool: the raw map had NaN or Inf
     underflow: torch.Tensor | None = None  # (B, K) bool: fp16 gradients all zero
+    metrics: dict[str, torch.Tensor] | None = None  # cam.metrics: name -> (B, K) float32 (engine/metrics.py)
+    metric_passes: int = 0  # extra forward passes (one image each) the metrics ran
 
     def host(self, cams: bool = True, raw: bool = False) -> HostCams:
         """Everything the records and render jobs need, in one device-to-host copy: the tensors are packed
@@ -157,6 +160,7 @@ class CamEngine:
         aug_smooth: bool = False,
         chunk: int = 64,
         calls: Sequence[int] | None = None,
+        metrics: faithfulness.MetricSettings | None = None,
     ) -> None:
         self.model = model
         self.target_layers = list(target_layers)
@@ -173,7 +177,9 @@ class CamEngine:
         self.calls = list(calls) if calls is not None else [1] * len(self.target_layers)
         self._seen: list[int] = [0] * len(self.target_layers)
         self._underflow: torch.Tensor | None = None  # (B, K): fp16 gradients that were all zero
+        self.metrics = metrics if metrics is not None and metrics.names else None
         self.show_progress = False  # a progress bar for methods with many extra passes
+        self._muted = False  # the metrics' forward passes keep no activations
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._activations: dict[int, torch.Tensor] = {}
 
@@ -200,7 +206,7 @@ class CamEngine:
 
     def _capture(self, index: int) -> Callable[..., torch.Tensor | None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor | None:
-            if not self._is_last_call(index):
+            if self._muted or not self._is_last_call(index):
                 return None  # an earlier call of a shared module: it runs as usual
             if not torch.is_tensor(output):
                 raise ModelError(
@@ -247,7 +253,34 @@ class CamEngine:
         batch = self._normalise(maps, probabilities, classes, tuple(images.shape[-2:]), self._underflow)
         if self.aug_smooth:
             batch.cams = self._augmented(images, classes, batch.cams)
+        if self.metrics is not None:
+            batch.metrics, batch.metric_passes = self._faithfulness(images, batch, self.metrics)
         return batch
+
+    def probabilities(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Softmax probability of `classes` (N,) on `inputs`, no graph, fp32 also under bf16/fp16 (as the
+        score methods' extra passes), with the target layer hooks muted: a metric's forward pass."""
+        self._muted = True
+        try:
+            with torch.no_grad():
+                logits = self.scores(self.model(inputs))
+        finally:
+            self._muted = False
+        return torch.softmax(logits.float(), dim=1).gather(1, classes[:, None])[:, 0]
+
+    def _faithfulness(
+        self, images: torch.Tensor, batch: CamBatch, settings: faithfulness.MetricSettings
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """cam.metrics on this batch's CAMs: name -> (B, K), and the forward passes they took."""
+        score = faithfulness.CountedScore(self.probabilities)
+        b, k = batch.class_indices.shape
+        if self.precision in ("fp32", "tf32"):
+            base = batch.probabilities.gather(1, batch.class_indices)
+        else:  # the metrics' passes run in fp32: so does the probability they start from
+            base = torch.stack([score(images, batch.class_indices[:, j]) for j in range(k)], dim=1)
+        explained = faithfulness.Explained.of(images, batch.cams, batch.class_indices, base)
+        values = faithfulness.compute(score, explained, settings)
+        return {name: value.reshape(b, k) for name, value in values.items()}, score.passes
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self._new_forward()
