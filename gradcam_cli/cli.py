@@ -478,6 +478,80 @@ def sanity(
     raise typer.Exit(code=result.exit_code)
 
 
+SWEEP_METHODS = "gradcam,gradcam++,xgradcam,hirescam,gradcam-elementwise,layercam,eigengradcam,eigencam"
+
+
+@app.command()
+def sweep(
+    config: ConfigOption,
+    inputs: Annotated[
+        list[str],
+        typer.Option("--input", "-i", help="Image folder (recursive), image file, archive, or - for paths on stdin."),
+    ],
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated CAM methods (default: every method that shares the one pass; scorecam and "
+            "ablationcam run their own extra passes)."
+        ),
+    ] = SWEEP_METHODS,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated target layers, auto, or a+b to average two (default: model.target_layer)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Use the first N images.")] = 64,
+    metrics: Annotated[
+        str, typer.Option(help="Comma-separated faithfulness metrics to rank by (insertion - deletion by default).")
+    ] = "deletion,insertion",
+    metric_steps: Annotated[int, typer.Option(min=2, help="deletion/insertion: steps of the curve.")] = 20,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write sweep.json, sweep.md, sweep.html and best.yaml here.")
+    ] = None,
+    json_report: Annotated[Path | None, typer.Option("--json", help="Write the ranking as JSON.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the ranking as Markdown.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML page of the ranking.")] = None,
+    snippet: Annotated[
+        Path | None, typer.Option(help="Write the winner's cam.method and model.target_layer as YAML.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
+) -> None:
+    """Rank every method x target layer on a sample by faithfulness (deletion, insertion, ...) and cost, and
+    print the config snippet of the best. One forward per batch feeds every gradient method and layer.
+
+    Exit codes: 0 ranked, 2 unusable config, option (an unknown method, layer or metric), model or inputs
+    (nothing written).
+    """
+    from gradcam_cli.config import load_config
+
+    try:
+        cfg = load_config(config)
+        from gradcam_cli.reports.sweep import check_out_dir, check_report_path, text_table, write_reports
+        from gradcam_cli.runner.sweep import SweepRequest, run_sweep, split_names
+
+        files = {"json": json_report, "markdown": markdown, "html": html, "snippet": snippet}
+        for path in files.values():
+            if path is not None:
+                check_report_path(path)  # before the model work, not after it
+        if out is not None:
+            check_out_dir(out)
+        request = SweepRequest(
+            methods=split_names(methods),
+            layers=split_names(layers),
+            metrics=split_names(metrics),
+            limit=limit,
+            metric_steps=metric_steps,
+        )
+        tell = (lambda line: None) if quiet else (lambda line: typer.echo(f"gradcam: {line}", err=True))
+        with _warnings_to_user(quiet=quiet):
+            result = run_sweep(cfg, inputs, request, sys.stdin, tell)
+        write_reports(result, files, out)
+    except GradcamError as error:
+        raise _fail(error) from None
+    except OSError as exc:
+        raise _fail(GradcamError(f"cannot write the report: {exc}")) from None
+    typer.echo(text_table(result))
+
+
 @app.command()
 def report(out_dir: Annotated[Path, typer.Argument(help="Output folder of `gradcam run`.")]) -> None:
     """Write OUT_DIR/index.html: a gallery of the overlays with filters, sorting and the failures."""

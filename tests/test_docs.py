@@ -20,7 +20,7 @@ def test_readme_config_reference_matches_schema() -> None:
         assert f"`{key}`" in README
 
 
-@pytest.mark.parametrize("command", ["run", "compare", "sanity", "init", "report", "layers"])
+@pytest.mark.parametrize("command", ["run", "compare", "sanity", "sweep", "init", "report", "layers"])
 def test_readme_documents_every_option(command: str) -> None:
     from typer.main import get_command
 

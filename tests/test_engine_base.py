@@ -245,3 +245,96 @@ def test_host_copies_a_batch_once_and_keeps_every_figure(monkeypatch) -> None:
     assert batch.host(cams=False).cams is None and batch.host().raw is None
     assert host.metrics is not None and list(host.metrics) == ["deletion", "insertion"]
     assert all(torch.equal(torch.from_numpy(host.metrics[name]), batch.metrics[name]) for name in host.metrics)
+
+
+# explain_each: several methods and layers from one pass (`gradcam sweep`) --------------------------------------
+def _calibrated_model() -> nn.Module:
+    """The tiny CNN with BatchNorm statistics from random inputs, so every method gives a shaped map."""
+    model = build()
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, 32, 32))
+    return model.eval().requires_grad_(False)
+
+
+def _forwards(model: nn.Module) -> list[int]:
+    """Rows seen by every forward of `model` (a forward hook on the model itself)."""
+    rows: list[int] = []
+    model.register_forward_hook(lambda module, args, output: rows.append(len(args[0])))
+    return rows
+
+
+@pytest.mark.parametrize("targets", [TargetSpec("top1"), TargetSpec("topk", k=2)])
+def test_explain_each_equals_each_method_and_layer_run_alone(targets: TargetSpec) -> None:
+    model = _calibrated_model()
+    layers = [model.features[0], model.features[3]]
+    groups = [(0,), (1,), (0, 1)]
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    methods = list(METHODS.values())
+    with CamEngine(model, layers, GRADCAM, chunk=5) as engine:
+        shared = engine.explain_each(images, targets, methods, groups)
+    assert set(shared) == {(method.name, group) for method in methods for group in groups}
+    for (name, group), batch in shared.items():
+        with CamEngine(model, [layers[i] for i in group], METHODS[name], chunk=5) as alone:
+            expected = alone.explain(images, targets)
+        torch.testing.assert_close(batch.class_indices, expected.class_indices)
+        torch.testing.assert_close(batch.cams, expected.cams, atol=1e-6, rtol=0, msg=f"{name} on {group}")
+        torch.testing.assert_close(batch.raw_max, expected.raw_max, atol=1e-6, rtol=1e-5)
+        assert batch.quality == expected.quality
+        assert float(batch.cams.amax()) > 0.99  # shaped maps, not a comparison of blanks
+
+
+def test_explain_each_runs_one_forward_per_batch_for_every_gradient_method() -> None:
+    model = _calibrated_model()
+    rows = _forwards(model)
+    gradient_methods = [method for method in METHODS.values() if method.needs_gradients or method.name == "eigencam"]
+    with CamEngine(model, [model.features[0], model.features[3]], GRADCAM) as engine:
+        for _ in range(2):  # two batches
+            result = engine.explain_each(torch.randn(4, 3, 32, 32), TargetSpec("topk", k=2), gradient_methods)
+    assert rows == [4, 4]  # one forward per batch, whatever the methods, layers and targets
+    assert len(result) == 2 * len(gradient_methods)
+    # the separate runs it replaces: one forward per method and layer
+    rows.clear()
+    for method in gradient_methods:
+        for layer in (model.features[0], model.features[3]):
+            with CamEngine(model, [layer], method) as alone:
+                alone.explain(torch.randn(4, 3, 32, 32), TargetSpec("topk", k=2))
+    assert len(rows) == 2 * len(gradient_methods)
+
+
+def test_explain_each_smooths_and_scores_like_explain() -> None:
+    from gradcam_cli.engine.metrics import MetricSettings
+
+    model = _calibrated_model()
+    rows = _forwards(model)
+    settings = MetricSettings(("deletion", "insertion"), steps=4)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    methods = [METHODS["gradcam"], METHODS["layercam"]]
+    with CamEngine(model, [model.features[3]], GRADCAM, aug_smooth=True) as engine:
+        engine.explain_each(images, TargetSpec(), methods)
+        assert rows == [2] * 6  # the plain pass and 5 augmentations, shared by both methods
+        rows.clear()
+        shared = engine.explain_each(images, TargetSpec(), methods, metrics=settings)
+    assert sum(rows) == 6 * 2 + sum(batch.metric_passes for batch in shared.values())  # each counted once
+    for method in methods:
+        with CamEngine(model, [model.features[3]], method, aug_smooth=True, metrics=settings) as alone:
+            expected = alone.explain(images, TargetSpec())
+        batch = shared[(method.name, (0,))]
+        torch.testing.assert_close(batch.cams, expected.cams, atol=1e-6, rtol=0)
+        assert batch.metrics is not None and expected.metrics is not None
+        for name in settings.names:
+            torch.testing.assert_close(batch.metrics[name], expected.metrics[name], atol=1e-6, rtol=0)
+        assert batch.metric_passes == expected.metric_passes == 2 * 2 * 4  # 2 images, 2 metrics, 4 steps
+
+
+def test_restricted_engine_explains_its_layers_with_its_method() -> None:
+    model = _calibrated_model()
+    images = torch.randn(2, 3, 32, 32)
+    engine = CamEngine(model, [model.features[0], model.features[3]], GRADCAM, chunk=7)
+    alone = engine.restricted([1], METHODS["layercam"])
+    assert alone.target_layers == [model.features[3]] and alone.method.name == "layercam" and alone.chunk == 7
+    with alone:
+        ours = alone.explain(images, TargetSpec())
+    with CamEngine(model, [model.features[3]], METHODS["layercam"]) as reference:
+        torch.testing.assert_close(ours.cams, reference.explain(images, TargetSpec()).cams, atol=0, rtol=0)
+    assert _hook_count(model) == 0

@@ -9,6 +9,7 @@ op right after the target layer (ReLU(inplace=True)) cannot change the activatio
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ NORM_EPS = 1e-7  # as the reference: (cam - min) / (max + 1e-7)
 # fp16 has no loss scaler here: the score is scaled before the backward and the gradients after it, so small
 # gradients survive fp16's range; a CAM whose gradients still underflow is flagged `underflow`, never blank.
 FP16_GRADIENT_SCALE = 2.0**12
+Combination = tuple[str, tuple[int, ...]]  # explain_each's keys: (method name, target layer indices averaged)
 
 
 @dataclass(frozen=True)
@@ -219,8 +221,10 @@ class CamEngine:
                     "choose a layer that outputs a feature map (see `gradcam layers`)"
                 )
             if not torch.is_grad_enabled():
+                # kept as the gradient path keeps it: the network goes on with a clone, so an in-place op after
+                # the target layer (ReLU(inplace=True)) cannot change the map, with gradients or without
                 self._activations[index] = output.detach()
-                return None
+                return output.detach().clone()
             # The first target layer in forward order starts the graph; a later one already descends from
             # it and must stay connected, so it is kept as it is.
             activation = output if output.requires_grad else output.detach().requires_grad_(True)
@@ -287,9 +291,10 @@ class CamEngine:
         values = faithfulness.compute(score, explained, settings)
         return {name: value.reshape(b, k) for name, value in values.items()}, score.passes
 
-    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _forward(self, images: torch.Tensor, gradients: bool | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self._new_forward()
-        with torch.set_grad_enabled(self.method.needs_gradients), self._autocast(images.device.type):
+        wanted = self.method.needs_gradients if gradients is None else gradients
+        with torch.set_grad_enabled(wanted), self._autocast(images.device.type):
             logits = self.scores(self.model(images))
         missing = [i for i in range(len(self.target_layers)) if i not in self._activations]
         if missing:
@@ -302,20 +307,112 @@ class CamEngine:
         Every augmentation explains the classes chosen on the plain input (the reference re-picks
         them per augmentation, so a flip could explain another class). No renormalisation after the mean.
         """
-        total = plain.clone()
+        key = (self.method.name, tuple(range(len(self.target_layers))))
+        return self._augmented_each(images, classes, {key: plain}, [self.method], [key[1]])[key]
+
+    def _augmented_each(
+        self,
+        images: torch.Tensor,
+        classes: torch.Tensor,
+        plain: dict[Combination, torch.Tensor],
+        methods: Sequence[CamMethod],
+        groups: Sequence[tuple[int, ...]],
+    ) -> dict[Combination, torch.Tensor]:
+        """`_augmented` for every (method, layer group) at once: one forward per augmentation feeds them all."""
+        total = {key: cams.clone() for key, cams in plain.items()}
         for flip in (False, True):
             for factor in (0.9, 1.0, 1.1):
                 if not flip and factor == 1.0:
                     continue  # the plain pass, already done
                 augmented = (images.flip(-1) if flip else images) * factor
+                gradients = any(method.needs_gradients for method in methods)
                 try:
-                    logits, activations = self._forward(augmented)
-                    maps = self._layer_maps(augmented, logits, activations, classes)
+                    logits, activations = self._forward(augmented, gradients)
+                    batches = self._combinations(
+                        augmented, logits, logits.detach().float(), activations, classes, methods, groups
+                    )
                 finally:
                     self._activations.clear()
-                cams = self._normalise(maps, logits.detach().float(), classes, tuple(images.shape[-2:])).cams
-                total += cams.flip(-1) if flip else cams
-        return total / 6
+                for key, batch in batches.items():
+                    total[key] += batch.cams.flip(-1) if flip else batch.cams
+        return {key: cams / 6 for key, cams in total.items()}
+
+    def explain_each(
+        self,
+        images: torch.Tensor,
+        targets: TargetSpec,
+        methods: Sequence[CamMethod],
+        groups: Sequence[Sequence[int]] | None = None,
+        metrics: faithfulness.MetricSettings | None = None,
+    ) -> dict[Combination, CamBatch]:
+        """`explain` for several methods and layer groups from one forward pass (`gradcam sweep`).
+
+        One forward and one backward per explained class feed every gradient method on every hooked target
+        layer; score methods (scorecam, ablationcam) still run their own extra passes. `groups` are tuples of
+        target layer indices whose normalised maps are averaged, as `explain` averages all of them (default:
+        each layer alone). Returns {(method name, group): CamBatch}, each as `explain` with that method and
+        those layers would give it; `metrics` (default: the engine's) are computed on each one's CAMs.
+        """
+        if not self._handles:
+            raise RuntimeError("CamEngine.explain_each must run inside `with engine:`")
+        chosen = [tuple(group) for group in groups] if groups is not None else [(i,) for i in range(len(self.adapters))]
+        try:
+            logits, activations = self._forward(images, any(method.needs_gradients for method in methods))
+            probabilities = torch.softmax(logits.detach().float(), dim=1)
+            classes = self._select(probabilities, targets)
+            batches = self._combinations(images, logits, probabilities, activations, classes, methods, chosen)
+        finally:
+            self._activations.clear()
+        if self.aug_smooth:
+            smoothed = self._augmented_each(images, classes, {k: b.cams for k, b in batches.items()}, methods, chosen)
+            for key, batch in batches.items():
+                batch.cams = smoothed[key]
+        settings = metrics if metrics is not None else self.metrics
+        if settings is not None and settings.names:
+            for batch in batches.values():
+                batch.metrics, batch.metric_passes = self._faithfulness(images, batch, settings)
+        return batches
+
+    def _combinations(
+        self,
+        images: torch.Tensor,
+        logits: torch.Tensor,
+        probabilities: torch.Tensor,
+        activations: list[torch.Tensor],
+        classes: torch.Tensor,
+        methods: Sequence[CamMethod],
+        groups: Sequence[tuple[int, ...]],
+    ) -> dict[Combination, CamBatch]:
+        maps = self._method_maps(images, logits, activations, classes, methods)
+        size = tuple(images.shape[-2:])
+        return {
+            (method.name, group): self._normalise(
+                [maps[method.name][i] for i in group],
+                probabilities,
+                classes,
+                size,  # type: ignore[arg-type]
+                self._underflow if method.needs_gradients else None,
+            )
+            for method in methods
+            for group in groups
+        }
+
+    def restricted(self, layers: Sequence[int], method: CamMethod | None = None) -> CamEngine:
+        """A new engine on the same model and settings with only target layers `layers` (indices) and
+        `method`: what `explain` would compute with those alone (the sweep times each combination so)."""
+        return CamEngine(
+            self.model,
+            [self.target_layers[i] for i in layers],
+            method or self.method,
+            self.score_fn,
+            precision=self.precision,
+            to_spatial=[self.adapters[i] for i in layers],
+            eigen_smooth=self.eigen_smooth,
+            aug_smooth=self.aug_smooth,
+            chunk=self.chunk,
+            calls=[self.calls[i] for i in layers],
+            metrics=self.metrics,
+        )
 
     def _track(self, steps: Iterable[int], label: str) -> Iterable[int]:
         if not self.show_progress:
@@ -363,43 +460,58 @@ class CamEngine:
         self, images: torch.Tensor, logits: torch.Tensor, activations: list[torch.Tensor], classes: torch.Tensor
     ) -> list[torch.Tensor]:
         """Per target layer: the maps before ReLU, (B, K, h, w), one per explained class."""
-        method = self.method
+        return self._method_maps(images, logits, activations, classes, [self.method])[self.method.name]
+
+    def _method_maps(
+        self,
+        images: torch.Tensor,
+        logits: torch.Tensor,
+        activations: list[torch.Tensor],
+        classes: torch.Tensor,
+        methods: Sequence[CamMethod],
+    ) -> dict[str, list[torch.Tensor]]:
+        """Per method, per target layer: the maps before ReLU, (B, K, h, w). One backward per explained class
+        gives every layer its gradient, and every method weighs the same activations and gradients."""
         spatial = [adapt(a).float() for adapt, a in zip(self.adapters, activations, strict=True)]
         base_scores = logits.detach().float().gather(1, classes)
         count = classes.shape[1]
         half = self.precision in ("bf16", "fp16")
-        if half and not method.needs_gradients:  # the score methods compare with fp32 extra passes: fp32 here too
+        needs_gradients = any(method.needs_gradients for method in methods)
+        if half and not all(method.needs_gradients for method in methods):
+            # the score methods compare with fp32 extra passes: fp32 here too (gradient methods ignore it)
             base_scores = torch.stack([self._score_inputs(images, classes[:, k]) for k in range(count)], dim=1)
         scale = FP16_GRADIENT_SCALE if self.precision == "fp16" else 1.0
         self._underflow = torch.zeros(classes.shape, dtype=torch.bool, device=classes.device)
-        per_target: list[list[torch.Tensor]] = [[] for _ in activations]
+        per_method: dict[str, list[list[torch.Tensor]]] = {m.name: [[] for _ in activations] for m in methods}
         for k in range(count):
-            gradients: list[torch.Tensor | None] = [None] * len(activations)
-            if method.needs_gradients:
+            shared: list[torch.Tensor] = []
+            if needs_gradients:
                 # Images are independent, so one backward of the summed scores gives every image its gradient.
                 score = logits.gather(1, classes[:, k : k + 1]).sum() * scale
                 found = torch.autograd.grad(score, activations, retain_graph=k < count - 1, allow_unused=True)
                 if any(g is None for g in found):
                     raise ModelError("the class scores do not depend on the target layer; choose an earlier layer")
-                gradients = [adapt(g).float() / scale for adapt, g in zip(self.adapters, found, strict=True)]
+                shared = [adapt(g).float() / scale for adapt, g in zip(self.adapters, found, strict=True)]
                 if self.precision == "fp16":
-                    self._underflow[:, k] = torch.stack([(g == 0).flatten(1).all(dim=1) for g in gradients]).all(0)
-            for layer, (activation, gradient) in enumerate(zip(spatial, gradients, strict=True)):
-                inputs = CamInputs(
-                    activations=activation,
-                    gradients=gradient,
-                    images=images,
-                    classes=classes[:, k],
-                    base_scores=base_scores[:, k],
-                    score_inputs=self._score_inputs,
-                    score_replaced=lambda acts, rows, cls, layer=layer: self._score_replaced(layer, acts, rows, cls),
-                    chunk=self.chunk,
-                    track=self._track,
-                )
-                weighted = method.rule(inputs)
-                reduce = first_component if (method.projection or self.eigen_smooth) else _channel_sum
-                per_target[layer].append(reduce(weighted))
-        return [torch.stack(maps, dim=1) for maps in per_target]
+                    self._underflow[:, k] = torch.stack([(g == 0).flatten(1).all(dim=1) for g in shared]).all(0)
+            for method in methods:
+                gradients = shared if method.needs_gradients else [None] * len(activations)
+                for layer, (activation, gradient) in enumerate(zip(spatial, gradients, strict=True)):
+                    inputs = CamInputs(
+                        activations=activation,
+                        gradients=gradient,
+                        images=images,
+                        classes=classes[:, k],
+                        base_scores=base_scores[:, k],
+                        score_inputs=self._score_inputs,
+                        score_replaced=functools.partial(self._score_replaced, layer),
+                        chunk=self.chunk,
+                        track=self._track,
+                    )
+                    weighted = method.rule(inputs)
+                    reduce = first_component if (method.projection or self.eigen_smooth) else _channel_sum
+                    per_method[method.name][layer].append(reduce(weighted))
+        return {name: [torch.stack(maps, dim=1) for maps in layers] for name, layers in per_method.items()}
 
     @staticmethod
     def _normalise(

@@ -26,15 +26,14 @@ from torch import nn
 
 from gradcam_cli.config import Config
 from gradcam_cli.engine import TargetSpec
-from gradcam_cli.errors import ConfigError, InputError
-from gradcam_cli.io.discovery import check_inputs, discover, read_tar_members
-from gradcam_cli.io.geometry import Geometry
+from gradcam_cli.errors import ConfigError
+from gradcam_cli.io.discovery import check_inputs
 from gradcam_cli.models.layers import trace_layers
 from gradcam_cli.models.sources import with_source_defaults
 from gradcam_cli.reports.sanity import CASCADE, RANDOM_CLASS, MapChange, SanityCheck, Step, map_change
-from gradcam_cli.runner.loader import DecodeDataset, decoded_batches, normalise
+from gradcam_cli.runner.loader import normalise
 from gradcam_cli.runner.prepare import NondeterministicOps, PreparedRun, prepare, split_cores
-from gradcam_cli.runner.todo import filters_of, limited
+from gradcam_cli.runner.sample import Sample, load_sample
 
 FALLBACK_STD = 0.02  # a parameter without a reset_parameters() whose trained values are all equal
 
@@ -121,45 +120,6 @@ def reinitialise(module: nn.Module, block: Block, seed: int) -> None:
             target.to(device)
 
 
-@dataclass
-class _Sample:
-    paths: list[str]
-    pixels: torch.Tensor  # (N, 3, H, W) uint8 model inputs
-    boxes: list[tuple[int, int, int, int]]  # top, bottom, left, right of the image in the model frame
-    skipped: list[tuple[str, str]]
-
-
-def _content_box(geometry: Geometry) -> tuple[int, int, int, int]:
-    """Where the image lies in the model frame: letterbox padding is not part of the explanation."""
-    top, left = geometry.offset
-    rh, rw = geometry.resized
-    h, w = geometry.model
-    return max(top, 0), min(top + rh, h), max(left, 0), min(left + rw, w)
-
-
-def _sample(config: Config, inputs: list[str], stdin: TextIO | None, workers: int) -> _Sample:
-    """The first `sanity.limit` images in discovery order, decoded to model-size inputs (the run's decode)."""
-    sources = read_tar_members(limited(discover(inputs, filters_of(config), stdin), config.sanity.limit))
-    dataset = DecodeDataset(config.preprocess, config.input)
-    paths, pixels, boxes, skipped = [], [], [], []
-    for batch in decoded_batches(sources, dataset, config.runtime.batch_size, workers):
-        for index, item in enumerate(batch.items):
-            if item.error is not None:
-                skipped.append((item.source.path, f"{item.error[0]}: {item.error[1]}"))
-            elif batch.pixels is not None and item.geometry is not None:
-                paths.append(item.source.path)
-                pixels.append(batch.pixels[batch.ok.index(index)])
-                boxes.append(_content_box(item.geometry))
-    if not paths:
-        shown = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
-        raise InputError(
-            f"no image to check: the inputs gave {len(skipped)} images and none could be read"
-            + (f" ({shown})" if shown else "")
-            + ". Pass a folder or files of images the model can read."
-        )
-    return _Sample(paths, torch.stack(pixels), boxes, skipped)
-
-
 def _explain(prepared: PreparedRun, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """The maps (N, K, H, W) of the given classes (N, K), on the CPU. The engine explains one class for a
     whole batch, so rows are grouped by class (the cascade explains the classes the trained model chose,
@@ -190,7 +150,7 @@ def _trained(prepared: PreparedRun, pixels: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def _changes(
-    sample: _Sample, keep: list[tuple[int, int]], classes: torch.Tensor, trained: torch.Tensor, other: torch.Tensor
+    sample: Sample, keep: list[tuple[int, int]], classes: torch.Tensor, trained: torch.Tensor, other: torch.Tensor
 ) -> tuple[MapChange, ...]:
     found = []
     for row, rank in keep:
@@ -238,7 +198,7 @@ def check_sanity(
         )
     cores = split_cores(config.runtime.workers, config.runtime.render_workers, config.runtime.threads, prepared.device)
     torch.set_num_threads(cores.threads)
-    sample = _sample(config, inputs, stdin, cores.decode)
+    sample = load_sample(config, inputs, stdin, cores.decode, limits.limit)
     prepared.engine.show_progress = False
     steps: list[Step] = []
     with NondeterministicOps(), prepared.engine:
