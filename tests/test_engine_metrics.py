@@ -112,8 +112,9 @@ def test_deletion_and_insertion_agree_with_torchcam(explained, steps: int) -> No
     assert (ours_insertion > ours_deletion).float().mean() >= 0.5  # the demo model's maps mean something
 
 
-def rise_causal_metric(model: torch.nn.Module, mode: str, step: int, substrate_fn, image: torch.Tensor,
-                       explanation: np.ndarray) -> float:
+def rise_causal_metric(
+    model: torch.nn.Module, mode: str, step: int, substrate_fn, image: torch.Tensor, explanation: np.ndarray
+) -> float:
     """RISE's evaluation.py (CausalMetric.single_run and auc), transcribed: the model ends in a softmax,
     `step` pixels change per iteration, the class is the top prediction, auc by equal-width trapezoids."""
     height, width = image.shape[-2:]

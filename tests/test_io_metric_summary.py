@@ -15,10 +15,16 @@ def test_describe_matches_numpy() -> None:
     assert stats["count"] == 7 and stats["mean"] == pytest.approx(np.mean(values), abs=1e-6)
     assert (stats["q1"], stats["median"], stats["q3"]) == pytest.approx((q1, median, q3), abs=1e-6)
     assert (stats["min"], stats["max"]) == (0.1, 0.9)
-    assert describe([0.25]) | {} == {"count": 1, "mean": 0.25, "median": 0.25, "q1": 0.25, "q3": 0.25,
-                                     "min": 0.25, "max": 0.25}
-    assert describe([]) == {"count": 0, "mean": None, "median": None, "q1": None, "q3": None, "min": None,
-                            "max": None}
+    assert describe([0.25]) | {} == {
+        "count": 1,
+        "mean": 0.25,
+        "median": 0.25,
+        "q1": 0.25,
+        "q3": 0.25,
+        "min": 0.25,
+        "max": 0.25,
+    }
+    assert describe([]) == {"count": 0, "mean": None, "median": None, "q1": None, "q3": None, "min": None, "max": None}
 
 
 def _record(*cams: dict, status: str = "ok") -> dict:
@@ -27,8 +33,10 @@ def _record(*cams: dict, status: str = "ok") -> dict:
 
 def test_summary_over_every_cam_of_the_ok_records() -> None:
     records = [
-        _record({"score": 0.8, "metrics": {"deletion": 0.2, "confidence_change": -0.4}},
-                {"score": 0.1, "metrics": {"deletion": 0.4, "confidence_change": 0.05}}),
+        _record(
+            {"score": 0.8, "metrics": {"deletion": 0.2, "confidence_change": -0.4}},
+            {"score": 0.1, "metrics": {"deletion": 0.4, "confidence_change": 0.05}},
+        ),
         _record({"score": 0.5, "metrics": {"deletion": None, "confidence_change": 0.0}}),  # not finite: None
         _record({"score": 0.9, "metrics": {"deletion": 0.9}}, status="error"),  # failed images do not count
         _record({"score": 0.9}),  # a record written without metrics

@@ -120,3 +120,39 @@ def test_reads_are_capped_even_when_the_size_lies(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="max_file_mb"):
         reader.read(ImageSource(source=str(path), path="big.jpg"))
     assert SourceReader(max_bytes=8192).read(ImageSource(source=str(path), path="big.jpg")) == b"\xff" * 5000
+
+
+@pytest.mark.parametrize("device_decode", [False, True])
+def test_a_batch_crosses_from_a_worker_through_one_file_descriptor(tmp_path: Path, device_decode: bool) -> None:
+    """PyTorch shares each tensor a worker sends through its own file descriptor: per-image tensors at batch
+    256 with batches in flight and held would pass `ulimit -n` (1024 by default). One stacked tensor per
+    batch (device_decode: the bytes travel as bytes) keeps the count flat."""
+    import os
+
+    from PIL import Image
+
+    from gradcam_cli.io.discovery import ImageSource
+    from gradcam_cli.runner.loader import DecodeDataset, decoded_batches
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sources = []
+    for i in range(768):
+        path = folder / (f"{i:03d}.png" if i % 3 == 0 else f"{i:03d}.jpg")  # device_decode: some on the CPU
+        Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).save(path)
+        sources.append(ImageSource(source=str(path), path=path.name))
+    config = parse_config(
+        {"model": {"torchvision": "resnet18"}, "preprocess": {"size": [16, 16], "device_decode": device_decode}},
+        tmp_path,
+    )
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    held = []  # keep every batch alive, as batches waiting for the model and the render stage would be
+    for batch in decoded_batches(sources, DecodeDataset(config.preprocess, config.input), 256, workers=2):
+        assert len(batch.ok) == 256 and batch.pixels is not None
+        held.append(batch)
+    assert open_fds() - before <= 3 * 4  # a handful per batch (one for its tensor), not one per image

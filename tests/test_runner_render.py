@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,33 @@ def test_an_image_that_fails_part_way_leaves_no_files(
     out = tmp_path / "out"
     assert not [p for p in out.rglob("a.jpg.*") if p.is_file()]
     assert (out / "heatmaps" / "a.png.cls0.png").exists() or (out / "heatmaps" / "a.png.cls1.png").exists()
+
+
+RENDER_POOL_AFTER_OPENCV = """
+import sys, cv2, numpy as np
+from pathlib import Path
+from gradcam_cli.io.manifest import RecordsWriter
+from gradcam_cli.runner.render import RenderPool
+image = np.random.default_rng(0).random((1500, 2000)).astype(np.float32)
+cv2.GaussianBlur(image, (11, 11), 5)  # OpenCV's own worker threads start in this process
+before = cv2.getNumThreads()
+pool = RenderPool(RecordsWriter(Path(sys.argv[1])), processes=2)
+in_workers = {pool.pool.submit(cv2.getNumThreads).result() for _ in range(4)}
+print("workers", sorted(in_workers), "main", before, cv2.getNumThreads())
+pool.close()
+"""
+
+
+def test_render_workers_start_after_opencv_used_its_threads_and_run_it_single_threaded(tmp_path: Path) -> None:
+    """A forked worker that set OpenCV's thread count itself waited forever for the parent's pool threads."""
+    done = subprocess.run(
+        [sys.executable, "-c", RENDER_POOL_AFTER_OPENCV, str(tmp_path / "records.jsonl")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    workers, main = done.stdout.split("main")
+    assert workers.split("workers")[1].strip() == "[1]"  # one image per worker: the cores are shared out
+    assert main.split()[0] == main.split()[1]  # the main process keeps its own setting

@@ -14,12 +14,13 @@ to a `RenderPool`, the Ray actors run them in threads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -272,7 +273,13 @@ def _overlays_on_device(
         return {}
     geometries = {i: batch.items[i].geometry for i in originals}
     return device_overlays(
-        originals, result.cams, rows, geometries, settings.colormap, settings.alpha, settings.overlay_quality  # type: ignore[arg-type]
+        originals,
+        result.cams,
+        rows,
+        geometries,
+        settings.colormap,
+        settings.alpha,
+        settings.overlay_quality,  # type: ignore[arg-type]
     )
 
 
@@ -286,11 +293,23 @@ def with_render_outcome(record: dict[str, Any], outcome: tuple[str, str] | None,
 def _start_render_worker(parent: int) -> None:
     worker_ignores_interrupts(parent)
     torch.set_num_threads(1)  # one image at a time per worker; the cores are shared out by the run
-    cv2.setNumThreads(1)
+    # OpenCV is single-threaded here too, set by the parent around the fork (`_one_opencv_thread`)
 
 
 def _nothing() -> None:
     return None
+
+
+@contextlib.contextmanager
+def _one_opencv_thread() -> Iterator[None]:
+    """Fork workers that inherit a one-thread OpenCV. Setting it in a forked child instead would wait forever
+    for the parent's OpenCV pool threads, which the child does not have (once this process has used them)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 class RenderPool:
@@ -310,8 +329,9 @@ class RenderPool:
             )
             # start every worker now, while this process has few threads (one task per worker, all at once:
             # also where an executor would start its workers one by one, on demand)
-            for started in [self.pool.submit(_nothing) for _ in range(processes)]:
-                started.result()
+            with _one_opencv_thread():
+                for started in [self.pool.submit(_nothing) for _ in range(processes)]:
+                    started.result()
         else:
             self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradcam-render")
         # per batch: its records, and per ok record's row its render job and the job's future
