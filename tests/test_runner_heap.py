@@ -32,8 +32,9 @@ def faults(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_freed_full_size_buffers_are_reused_not_faulted_again():
     default, kept = faults("default"), faults("keep")
-    # glibc's default unmaps each 48 MB block on free, so each new one faults again (~1,000 faults here)
-    assert default > 10 * 500
+    # glibc's default unmaps each 48 MB block on free, so each new one faults again: at least once per
+    # 2 MB page even with transparent huge pages (24 per block), ~500-1,000 per block with the kernel's fault-around
+    assert default >= 10 * 24
     assert kept < default / 20
 
 
