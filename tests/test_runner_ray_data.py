@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,11 +69,16 @@ def test_ray_engine_matches_the_local_engine(config_file, image_folder: Path, tm
                 assert np.abs(a - b).max() <= 1  # within one grey level
     # resume works the same way: a second ray run finds everything done
     (image_folder / "broken.jpg").unlink()  # (failed images are retried)
+    os.utime(image_folder / "a.png", ns=(1, 1))  # touched, same bytes: re-hashed, skipped, its record refreshed
     again = run(
         load_config(config, {"output.dir": str(ray_out)}),
         RunOptions(inputs=[str(image_folder)], quiet=True, backend="ray", ray_actors=2),
     )
     assert (again.ok, again.failed, again.skipped, again.complete) == (0, 0, 3, True)
+    refreshed = {r["path"]: r for r in json.loads((ray_out / "manifest.json").read_text())["images"]}["a.png"]
+    assert (
+        refreshed["mtime_ns"] == 1 and refreshed["sha256"] == {r["path"]: r for r in got["images"]}["a.png"]["sha256"]
+    )
 
 
 def test_cluster_checks_come_before_the_output_folder(

@@ -59,6 +59,14 @@ def test_rerun_processes_only_new_and_changed_images(config_file, image_folder: 
     assert third["summary"]["total"] == 4
     b_record = next(r for r in third["images"] if r["path"] == "sub/b.png")
     assert b_record["sha256"] != next(r for r in first["images"] if r["path"] == "sub/b.png")["sha256"]
+    a_record = next(r for r in third["images"] if r["path"] == "a.png")
+    assert a_record["mtime_ns"] == 1 and a_record == {
+        **next(r for r in first["images"] if r["path"] == "a.png"),
+        "mtime_ns": 1,
+    }
+    # the touched file's record was refreshed: the next run skips it by size and mtime, without reading it
+    listed = gradcam("run", "-c", config, "-i", str(image_folder), "--dry-run")
+    assert "skip     a.png  (done)" in listed.stdout and "re-hashed" not in listed.stdout
 
     forced = gradcam("run", "-c", config, "-i", str(image_folder), "-q", "--no-resume", "--json")
     assert json.loads(forced.stdout)["ok"] == 4

@@ -121,6 +121,23 @@ def load_done(records_path: Path) -> dict[str, DoneImage]:
     return done
 
 
+def refreshed_records(records_path: Path, stats: dict[str, tuple[int | None, int | None]]) -> list[dict[str, Any]]:
+    """The latest ok record of each path in `stats` (path -> (file size, mtime_ns)) with that new size and
+    mtime: appended for a file that was touched but not changed (a `cp -r`, a restore), so the next run
+    skips it by its size and mtime instead of reading and hashing it again, run after run."""
+    latest: dict[str, dict[str, Any] | None] = {}
+    for record in read_records(records_path):
+        path = record.get("path")
+        if isinstance(path, str) and path in stats:
+            latest[path] = record if record.get("status") == "ok" else None
+    refreshed = []
+    for path, record in latest.items():
+        if record is not None:
+            size, mtime_ns = stats[path]
+            refreshed.append({**record, "file_size": size, "mtime_ns": mtime_ns})
+    return refreshed
+
+
 def path_order(path: str) -> tuple[str, ...]:
     """Sort key matching discovery's order (depth-first, names sorted per folder)."""
     return tuple(path.split("/"))

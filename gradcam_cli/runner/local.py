@@ -22,6 +22,7 @@ from gradcam_cli.runner.loader import DecodeDataset, decoded_batches, normalise
 from gradcam_cli.runner.options import RunOptions, RunSummary, progress_bar
 from gradcam_cli.runner.prepare import NondeterministicOps, split_cores
 from gradcam_cli.runner.render import RenderPool
+from gradcam_cli.runner.resume import TouchedFiles
 from gradcam_cli.runner.signals import StopSignals
 
 
@@ -62,6 +63,7 @@ def stream(job: RunJob) -> RunSummary:
     prepared.engine.show_progress = not options.quiet
     if prepared.engine.metrics is not None:
         summary.metric_passes = 0
+    touched = TouchedFiles()
     finished = False
     try:
         progress = progress_bar(options.quiet)
@@ -74,7 +76,10 @@ def stream(job: RunJob) -> RunSummary:
             mark = time.perf_counter()
             for batch in batches:
                 mark = summary.lap("decode", mark)  # time the main loop waited for decoded batches
-                summary.count_skipped(sum(1 for item in batch.items if item.skipped))
+                for item in batch.items:
+                    if item.skipped:
+                        touched.add(item.source.path, item.source.file_size, item.source.mtime_ns)
+                        summary.count_skipped(1)
                 result = None
                 originals = complete_on_device(batch, dataset, prepared.device) if batch.encoded else None
                 if batch.pixels is not None:
@@ -95,6 +100,7 @@ def stream(job: RunJob) -> RunSummary:
                 summary.complete = walked_all()
             account(renderer.drain())
             summary.lap("encode", mark)
+            touched.write(records, job.records_path)
             finished = True
         summary.nondeterministic_ops = sorted(nondeterministic.ops)
     except KeyboardInterrupt:

@@ -37,6 +37,7 @@ from gradcam_cli.io.manifest import RecordsWriter
 from gradcam_cli.runner.heap import keep_large_blocks
 from gradcam_cli.runner.job import RunJob
 from gradcam_cli.runner.options import RunOptions, RunSummary, progress_bar
+from gradcam_cli.runner.resume import TouchedFiles
 from gradcam_cli.runner.signals import StopSignals
 
 INSTALL_HINT = (
@@ -127,12 +128,18 @@ class CamActor:
                 records[row] = with_render_outcome(record, future.result(), job)
         lines = iter(dumps_record(record) for record in records)
         out = ["" if item.skipped else next(lines) for item in items]
+        # resume: a touched but unchanged file's path, size and mtime, for the driver to refresh its record
+        touched = [
+            json.dumps([item.source.path, item.source.file_size, item.source.mtime_ns]) if item.skipped else ""
+            for item in items
+        ]
         # cam.metrics' forward passes of the batch, on its first row (rows may be regrouped on the way back)
         passes = [result.metric_passes if result is not None else 0] + [0] * (len(out) - 1)
         return {
             "record": np.array(out, dtype=object),
             "device": np.array([str(prepared.device)] * len(out)),
             "passes": np.array(passes[: len(out)], dtype=np.int64),
+            "touched": np.array(touched, dtype=object),
         }
 
 
@@ -258,6 +265,7 @@ def stream(job: RunJob) -> RunSummary:
         summary.metric_passes = 0
     started_here = _connect(options)
     records = RecordsWriter(job.records_path)
+    touched = TouchedFiles()
     progress = progress_bar(options.quiet)
     try:
         _quiet_ray_data()
@@ -294,6 +302,9 @@ def stream(job: RunJob) -> RunSummary:
                 written = [json.loads(line) for line in batch["record"] if line]
                 skipped = sum(1 for line in batch["record"] if not line)
                 records.write_batch(written)
+                for line in batch.get("touched", ()):
+                    if line:
+                        touched.add(*json.loads(line))
                 summary.count_metric_passes(int(batch["passes"].sum()) if "passes" in batch else 0)
                 summary.account(written, events, progress, skipped)
                 if len(batch["device"]):
@@ -302,6 +313,7 @@ def stream(job: RunJob) -> RunSummary:
                     break
             else:
                 summary.complete = walked_all()
+            touched.write(records, job.records_path)
     except KeyboardInterrupt:
         summary.interrupted_by = summary.interrupted_by or signal.SIGINT
     except GradcamError:

@@ -3,7 +3,8 @@
 Rerunning with the same output folder and the same run identity (io/identity.py: what determines the
 heatmaps, by content) processes only new or changed images: an ok record whose file size and mtime still
 match is skipped at once; one whose size or mtime changed is re-hashed by the decode workers and skipped if
-its bytes are the same (sha256 is the truth). Another identity (a retrained checkpoint at the same path,
+its bytes are the same (sha256 is the truth), and its record is then written again with the new size and
+mtime (TouchedFiles), so the next run skips it at once. Another identity (a retrained checkpoint at the same path,
 another precision) refuses (exit 2, naming what changed) unless --overwrite, so one manifest never mixes
 two; the same files at other paths (a second clone) are the same identity.
 Shards (`--shard K/N`) resume each from their own records file and share the folder's `run.json`.
@@ -27,8 +28,10 @@ from gradcam_cli.io.manifest import (
     RECORDS_NAME,
     RUN_NAME,
     DoneImage,
+    RecordsWriter,
     read_manifest_header,
     read_run_info,
+    refreshed_records,
     write_run_info,
 )
 from gradcam_cli.io.outputs import HEATMAPS, OVERLAYS, RAW
@@ -195,6 +198,21 @@ def clear_results(out_dir: Path) -> None:
         (out_dir / Shard(index, count).complete_name).unlink(missing_ok=True)
     for name in (HEATMAPS, OVERLAYS, RAW):
         shutil.rmtree(out_dir / name, ignore_errors=True)
+
+
+class TouchedFiles:
+    """Sources found touched but unchanged (new size or mtime, the same sha256): their records are written
+    again with the new size and mtime once the run's own records are in (`write`)."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, tuple[int | None, int | None]] = {}
+
+    def add(self, path: str, file_size: int | None, mtime_ns: int | None) -> None:
+        self.stats[path] = (file_size, mtime_ns)
+
+    def write(self, records: RecordsWriter, records_path: Path) -> None:
+        if self.stats:
+            records.write_batch(refreshed_records(records_path, self.stats))
 
 
 def pending(
