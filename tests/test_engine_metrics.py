@@ -199,7 +199,7 @@ def test_noisy_linear_imputation_solves_the_references_system() -> None:
         keep = cam < torch.quantile(cam, 1 - fraction)
         expected = NoisyLinearImputer(noise=0.0)(image, keep.float())
         ours = M.noisy_linear_imputation(image[None], keep[None])[0]
-        assert float((ours - expected).abs().max()) < 5e-3
+        assert float((ours - expected).abs().max()) < 5e-4  # the multigrid-preconditioned solve: 4e-5 to 2e-4
         assert torch.equal(ours[:, keep], image[:, keep])  # kept pixels untouched
 
 

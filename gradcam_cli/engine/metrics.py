@@ -40,6 +40,7 @@ ROAD_PERCENTILES: tuple[float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # py
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion substrate
 ROAD_NOISE = 0.01  # pytorch-grad-cam's NoisyLinearImputer default, in normalised input units
 ROAD_SEED = 0  # the imputation noise is the same field for every image: metrics do not depend on the batch
+JACOBI_DAMPING, COARSEST_SWEEPS, MAX_CG_ITERATIONS = 0.8, 30, 200  # ROAD's solver (see _harmonic_fill)
 # ROAD's neighbour weights (pytorch-grad-cam / Rong et al.): 1/6 for the 4 edges, 1/12 for the 4 corners
 _NEIGHBOURS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
 
@@ -187,49 +188,70 @@ def _neighbour_mean_sum(values: torch.Tensor) -> torch.Tensor:
     return (both - 4 * values) / 12
 
 
+class _Grid:
+    """One level of the imputation's system: its removed pixels (`missing`, (N, C, H, W), 1 or 0) and each
+    pixel's neighbour weight sum (1 inside, less at the border)."""
+
+    def __init__(self, missing: torch.Tensor) -> None:
+        self.missing = missing
+        self.weights = _neighbour_mean_sum(torch.ones(1, 1, *missing.shape[-2:], device=missing.device))
+
+    def apply(self, values: torch.Tensor) -> torch.Tensor:  # the system's matrix, on the removed pixels only
+        return self.missing * (self.weights * values - _neighbour_mean_sum(self.missing * values))
+
+    def smooth(self, rhs: torch.Tensor, values: torch.Tensor, sweeps: int) -> torch.Tensor:
+        for _ in range(sweeps):  # damped Jacobi
+            values = values + JACOBI_DAMPING * self.missing * (rhs - self.apply(values)) / self.weights
+        return values
+
+
+def _v_cycle(grids: list[_Grid], residual: torch.Tensor, depth: int = 0) -> torch.Tensor:
+    """An approximate inverse of the system (a symmetric V-cycle: the same Jacobi sweep before and after
+    the coarse correction, 2x2 sums down and the transposed copy up), CG's preconditioner."""
+    grid = grids[depth]
+    values = JACOBI_DAMPING * grid.missing * residual / grid.weights  # one sweep from zero
+    if depth == len(grids) - 1:
+        return grid.smooth(residual, values, COARSEST_SWEEPS - 1)
+    left = grid.missing * (residual - grid.apply(values))
+    coarse = _v_cycle(grids, F.avg_pool2d(left, 2, ceil_mode=True, divisor_override=1), depth + 1)
+    height, width = residual.shape[-2:]
+    values = values + grid.missing * F.interpolate(coarse, scale_factor=2, mode="nearest")[..., :height, :width]
+    return grid.smooth(residual, values, 1)
+
+
 def _harmonic_fill(images: torch.Tensor, known: torch.Tensor, tolerance: float) -> torch.Tensor:
     """The removed pixels (known == 0) solved as the weighted mean of their neighbours, the kept ones as
-    they are: a Jacobi-preconditioned conjugate gradient per (row, channel), started from the solution
-    at half the resolution (coarse to fine), so the slow, smooth part of the error is gone before the
-    fine iterations start. (N, C, H, W) float32."""
-    n, c, height, width = images.shape
+    they are: a conjugate gradient per (row, channel), preconditioned by a multigrid V-cycle (a coarse
+    pixel is unknown when any of its 4 is), so it converges in 10-20 iterations at 224x224 where a
+    Jacobi-preconditioned one needed hundreds. (N, C, H, W) float32."""
     missing = 1.0 - known
-    weights = _neighbour_mean_sum(torch.ones(1, 1, height, width, device=images.device))  # 1 inside, less at borders
-    if min(height, width) > 16:  # a coarse solution as the starting point
-        coarse_known = F.avg_pool2d(known, 2, ceil_mode=True)
-        coarse = F.avg_pool2d(images * known, 2, ceil_mode=True) / coarse_known.clamp(min=1e-12)
-        coarse_keep = (coarse_known > 0).float()
-        coarse = _harmonic_fill(coarse * coarse_keep, coarse_keep.expand_as(coarse), tolerance)
-        start = missing * F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    else:
-        start = torch.zeros_like(images)
-
-    def apply(values: torch.Tensor) -> torch.Tensor:  # the system's matrix, on the removed pixels only
-        return missing * (weights * values - _neighbour_mean_sum(missing * values))
+    grids = [_Grid(missing)]
+    while min(grids[-1].missing.shape[-2:]) > 8:
+        grids.append(_Grid(F.max_pool2d(grids[-1].missing, 2, ceil_mode=True)))
+    fine = grids[0]
 
     def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a * b).sum(dim=(2, 3), keepdim=True)
 
     rhs = missing * _neighbour_mean_sum(images * known)
-    solution = start
-    residual = rhs - apply(solution)
-    preconditioned = residual / weights
-    direction = preconditioned.clone()
+    solution = torch.zeros_like(images)
+    residual = rhs
+    preconditioned = _v_cycle(grids, residual)
+    direction = preconditioned
     rz = dot(residual, preconditioned)
     target = tolerance * dot(rhs, rhs).sqrt().clamp(min=1e-12)
     active = torch.ones_like(rz, dtype=torch.bool)
-    for iteration in range(20 * (height + width)):  # a cap: a grid needs O(side) iterations, coarse-to-fine few
-        if iteration % 8 == 0:
-            # each (row, channel) stops on its own, so a row's pixels do not depend on the rows beside it
-            active &= dot(residual, residual).sqrt() > target
-            if not bool(active.any()):
-                break
-        product = apply(direction)
+    for _ in range(MAX_CG_ITERATIONS):
+        # each (row, channel) stops on its own, so a row's pixels do not depend on the rows beside it
+        active &= dot(residual, residual).sqrt() > target
+        if not bool(active.any()):
+            break
+        product = fine.apply(direction)
         curvature = dot(direction, product)
         alpha = torch.where(active & (curvature > 0), rz / curvature.clamp(min=1e-30), torch.zeros_like(rz))
         solution = solution + alpha * direction
         residual = residual - alpha * product
-        preconditioned = residual / weights
+        preconditioned = _v_cycle(grids, residual)
         rz_next = dot(residual, preconditioned)
         beta = torch.where(rz > 0, rz_next / rz.clamp(min=1e-30), torch.zeros_like(rz))
         direction = preconditioned + beta * direction
@@ -243,7 +265,7 @@ def noisy_linear_imputation(
     """ROAD's imputation: every pixel not in `keep` (N, H, W) becomes the weighted mean of its 8 neighbours
     (1/6 edges, 1/12 corners, renormalised at the border), solved jointly for all removed pixels, plus
     `noise` ((N or 1), 3, H, W) on them. pytorch-grad-cam solves the sparse system with scipy's spsolve
-    per image; here a preconditioned conjugate gradient solves it batched on the device (the system is
+    per image; here a multigrid-preconditioned conjugate gradient solves it batched on the device (the system is
     positive definite whenever any pixel is kept; with none kept, the mean colour plus noise)."""
     known = keep[:, None].float().expand(-1, images.shape[1], -1, -1)
     filled = _harmonic_fill(images.float(), known.contiguous(), tolerance)
