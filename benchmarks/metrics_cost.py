@@ -63,8 +63,9 @@ def table(name: str, model: dict, preprocess: dict, images: Path, out: Path, bat
     plain = None
     timed_run(model, preprocess, images, out / "warm-up", (), batch)  # one-time costs (first model load, caches)
     for metrics in [(), *((m,) for m in METRICS)]:
-        ok, seconds, passes = timed_run(model, preprocess, images, out / (metrics[0] if metrics else "plain"),
-                                        metrics, batch)
+        ok, seconds, passes = timed_run(
+            model, preprocess, images, out / (metrics[0] if metrics else "plain"), metrics, batch
+        )
         plain = plain or seconds
         label = metrics[0] if metrics else "(no metrics)"
         rows.append(
@@ -83,8 +84,10 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; defaults: metric_steps 20, "
-          "road_percentiles 10..90 (9), chunk_size 64")
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads; defaults: metric_steps 20, "
+        "road_percentiles 10..90 (9), chunk_size 64"
+    )
     print("| model | metric | extra passes / image | img/s | s / image | metric s / image |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
@@ -96,13 +99,25 @@ def main() -> None:
             "target_layer": "features",
         }
         if args.only != "resnet":
-            table("demo CNN 128x128", demo, {"size": [128, 128], "resize": "letterbox"},
-                  demo_images(root / "demo", args.demo_images), root / "out-demo", 16)
+            table(
+                "demo CNN 128x128",
+                demo,
+                {"size": [128, 128], "resize": "letterbox"},
+                demo_images(root / "demo", args.demo_images),
+                root / "out-demo",
+                16,
+            )
         if args.only != "demo":
             weights = make_model(root / "resnet50.pt")
             resnet = {"torchvision": "resnet50", "weights": str(weights), "labels": "none", "target_layer": "layer4"}
-            table("resnet50 640x480 -> 224", resnet, {}, make_images(root / "jpegs", args.resnet_images),
-                  root / "out-resnet", 8)
+            table(
+                "resnet50 640x480 -> 224",
+                resnet,
+                {},
+                make_images(root / "jpegs", args.resnet_images),
+                root / "out-resnet",
+                8,
+            )
 
 
 if __name__ == "__main__":

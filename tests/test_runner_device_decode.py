@@ -108,6 +108,70 @@ def test_a_batch_is_completed_on_the_device_with_cpu_fallbacks_and_errors(
     assert int((batch.pixels[row].int() - expected.int()).abs().max()) <= 1
 
 
+def test_originals_are_kept_only_for_device_overlays_and_decoded_in_chunks_otherwise(
+    tmp_path: Path, device_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gradcam_cli.runner.device_decode as device_decode
+    from gradcam_cli.runner.device_decode import overlays_on_device
+
+    config = parse_config(device_config, tmp_path)
+    assert overlays_on_device(config.output)
+    for update in ({"overlay_format": "png"}, {"overlay_max_side": 256}, {"overlays": False}):
+        assert not overlays_on_device(config.output.model_copy(update=update))
+    paths = [random_image(tmp_path / "in" / f"{i}.jpg", 60, 40, seed=i) for i in range(5)]
+    dataset = DecodeDataset(config.preprocess, config.input)
+    calls: list[int] = []
+    real = device_decode.decode_jpegs
+    monkeypatch.setattr(
+        device_decode, "decode_jpegs", lambda datas, device: calls.append(len(datas)) or real(datas, device)
+    )
+    monkeypatch.setattr(device_decode, "DECODE_CHUNK", 2)
+
+    def completed(keep: bool):
+        batch = collate([dataset[ImageSource(source=str(p), path=p.name)] for p in paths])
+        return batch, complete_on_device(batch, dataset, torch.device("cpu"), keep_originals=keep)
+
+    kept_batch, kept = completed(True)
+    assert sorted(kept) == [0, 1, 2, 3, 4] and calls == [5]  # held for the overlays: one batched call
+    calls.clear()
+    batch, none = completed(False)
+    assert none == {} and calls == [2, 2, 1]  # no overlay on the device: nothing held, chunk by chunk
+    assert torch.equal(batch.pixels, kept_batch.pixels)
+
+
+def test_a_device_that_fails_an_image_leaves_it_to_the_cpu(
+    tmp_path: Path, device_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of device memory, or CUDA's antialiased resize refusing a large downscale: that image's model
+    input and overlay are made on the CPU; the run goes on."""
+    import gradcam_cli.runner.device_decode as device_decode
+
+    config = parse_config(device_config, tmp_path)
+    paths = [random_image(tmp_path / "in" / f"{i}.jpg", 60, 40, seed=i) for i in range(3)]
+    dataset = DecodeDataset(config.preprocess, config.input)
+    real = device_decode.to_model_input_tensor
+
+    def refuses_the_second(picture, geometry, pad):
+        if int(picture.float().mean() * 1000) == refused:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(picture, geometry, pad)
+
+    (second,) = decode_jpegs([paths[1].read_bytes()], torch.device("cpu"))
+    refused = int(second.float().mean() * 1000)
+    monkeypatch.setattr(device_decode, "to_model_input_tensor", refuses_the_second)
+    batch = collate([dataset[ImageSource(source=str(p), path=p.name)] for p in paths])
+    originals = complete_on_device(batch, dataset, torch.device("cpu"))
+    assert sorted(originals) == [0, 2] and batch.ok == [0, 1, 2]  # the second: decoded on the CPU instead
+    cpu = DecodeDataset(config.preprocess.model_copy(update={"device_decode": False}), config.input)
+    expected = cpu[ImageSource(source=str(paths[1]), path=paths[1].name)].pixels
+    assert torch.equal(batch.pixels[1], expected)
+
+    monkeypatch.setattr(device_decode, "overlay_tensor", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    geometries = {i: batch.items[i].geometry for i in originals}
+    overlays = device_overlays(originals, torch.rand(3, 1, 32, 32), {0: 0, 2: 2}, geometries, "jet", 0.5, 90)
+    assert overlays == {}  # no overlay data: the render workers make these overlays from the files
+
+
 def test_device_overlays_are_the_cpu_overlays_byte_for_byte(tmp_path: Path) -> None:
     path = random_image(tmp_path / "a.jpg", 120, 90, seed=5)
     data = path.read_bytes()

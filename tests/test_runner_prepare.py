@@ -94,3 +94,20 @@ def test_ops_without_a_deterministic_kernel_are_collected_not_printed() -> None:
             warnings.warn("something else", UserWarning, stacklevel=1)
     assert seen.ops == {"upsample_bilinear2d_backward_out_cuda"}
     assert [str(w.message) for w in outside] == ["something else"]
+
+
+def test_cores_are_split_by_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from gradcam_cli.runner.prepare import CoreSplit, split_cores, usable_cores
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert split_cores("auto", "auto", "auto", cpu, cores=2) == CoreSplit(decode=1, render=2, threads=2)
+    assert split_cores("auto", "auto", "auto", cpu, cores=16) == CoreSplit(decode=4, render=4, threads=16)
+    assert split_cores("auto", "auto", "auto", gpu, cores=16) == CoreSplit(decode=5, render=8, threads=2)
+    assert split_cores(3, 0, 1, gpu, cores=16) == CoreSplit(decode=3, render=0, threads=1)  # overrides win
+    # a container's or taskset's share of a big host, not the host's count
+    monkeypatch.setattr(os, "cpu_count", lambda: 192)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert usable_cores() == 16
+    assert split_cores("auto", "auto", "auto", gpu) == CoreSplit(decode=5, render=8, threads=2)

@@ -17,6 +17,9 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor 
     encoded = [torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()) for data in datas]
     if not encoded:
         return []
+    if device.type == "cuda":
+        # the decoder writes on its own stream: the caller's must have finished with the memory it reuses
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec (README, GPU)
         try:

@@ -15,7 +15,7 @@ import torch
 
 from gradcam_cli.config import Config
 from gradcam_cli.io.manifest import RecordsWriter
-from gradcam_cli.runner.device_decode import complete_on_device
+from gradcam_cli.runner.device_decode import complete_on_device, overlays_on_device
 from gradcam_cli.runner.heap import keep_large_blocks
 from gradcam_cli.runner.job import RunJob
 from gradcam_cli.runner.loader import DecodeDataset, decoded_batches, normalise
@@ -81,7 +81,11 @@ def stream(job: RunJob) -> RunSummary:
                         touched.add(item.source.path, item.source.file_size, item.source.mtime_ns)
                         summary.count_skipped(1)
                 result = None
-                originals = complete_on_device(batch, dataset, prepared.device) if batch.encoded else None
+                originals = (
+                    complete_on_device(batch, dataset, prepared.device, overlays_on_device(config.output))
+                    if batch.encoded
+                    else None
+                )
                 if batch.pixels is not None:
                     images = normalise(batch.pixels, config.preprocess, prepared.device)
                     result = prepared.engine.explain(images, prepared.targets)

@@ -46,6 +46,15 @@ class CoreSplit:
     threads: int
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's or `taskset`'s share), not the
+    host's count, which on a 192-core node would start hundreds of workers for a 16-core allotment."""
+    try:
+        return len(os.sched_getaffinity(0)) or 2
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 2
+
+
 def split_cores(
     workers: str | int, render_workers: str | int, threads: str | int, device: torch.device, cores: int | None = None
 ) -> CoreSplit:
@@ -53,7 +62,7 @@ def split_cores(
     two render workers (a quarter of the cores from 8 up) and one decode worker per 4 cores; on a GPU host
     the model needs few CPU threads, decoding and rendering need many (benchmarks/RESULTS.md: the splits
     measured)."""
-    cores = cores or os.cpu_count() or 2
+    cores = cores or usable_cores()
     if device.type == "cpu":  # 2 cores: 2 render workers beside 2 torch threads measured best at 0.3 and 12 MP
         auto = CoreSplit(decode=max(1, min(8, cores // 4)), render=max(min(2, cores), cores // 4), threads=cores)
     else:

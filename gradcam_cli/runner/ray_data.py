@@ -163,6 +163,8 @@ def _connect(options: RunOptions) -> bool:
     """Connect to the cluster, or start a small local instance; returns whether we must shut it down."""
     import ray
 
+    from gradcam_cli.runner.prepare import usable_cores
+
     if ray.is_initialized():
         return False
     quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
@@ -171,7 +173,7 @@ def _connect(options: RunOptions) -> bool:
             ray.init(address=options.ray_address, **quiet)
         else:
             actors = options.ray_actors or 1
-            ray.init(num_cpus=max(2, min(os.cpu_count() or 2, 8), actors + 1), **quiet)
+            ray.init(num_cpus=max(2, min(usable_cores(), 8), actors + 1), **quiet)
     except Exception as exc:  # noqa: BLE001 - Ray raises many kinds here; all mean "no cluster"
         where = options.ray_address or "a local Ray instance"
         raise ConfigError(f"cannot start or reach {where}: {type(exc).__name__}: {exc}") from None

@@ -266,10 +266,9 @@ def _overlays_on_device(
     originals: dict[int, torch.Tensor] | None,
     rows: dict[int, int],
 ) -> dict[int, list[bytes]]:
-    """JPEG overlays of the images whose originals are on the model's device; PNG/WebP overlays and
-    previews (output.overlay_max_side, scaled with OpenCV's INTER_AREA) are left to the render workers."""
-    wanted = settings.overlays and settings.overlay_format == "jpeg" and settings.overlay_max_side is None
-    if not originals or result is None or not wanted:
+    """JPEG overlays of the images whose originals are on the model's device (device_decode.overlays_on_device:
+    only those are kept); PNG/WebP overlays and previews are left to the render workers."""
+    if not originals or result is None:
         return {}
     geometries = {i: batch.items[i].geometry for i in originals}
     return device_overlays(
