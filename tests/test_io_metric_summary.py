@@ -56,3 +56,9 @@ def test_average_drop_and_increase_follow_the_paper() -> None:
     assert average_drop(changes, base) == pytest.approx((0.5 + 0 + 1.0) / 3, abs=1e-6)
     assert increase_in_confidence(changes) == pytest.approx(1 / 3)
     assert average_drop([], []) == 0.0 and increase_in_confidence([]) == 0.0
+
+
+def test_no_finite_confidence_change_is_null_not_zero() -> None:
+    summary = metric_summary([_record({"score": 0.5, "metrics": {"confidence_change": None}})], ["confidence_change"])
+    changes = summary["confidence_change"]
+    assert changes["mean"] is None and changes["average_drop"] is None and changes["increase_in_confidence"] is None

@@ -81,11 +81,14 @@ def test_the_rule_signs_every_metric_so_that_higher_is_better() -> None:
     assert score_of({"road_most": -0.3, "road_least": -0.1}, BETTER) == pytest.approx(0.2)
 
 
-def test_ranking_is_by_mean_score_then_speed() -> None:
+def test_ranking_is_by_mean_score_then_fewer_passes_then_the_order_given_never_speed() -> None:
     good = _entry("gradcam", ("layer4",), 0.1, 0.8)
-    fast_twin = _entry("hirescam", ("layer4",), 0.1, 0.8, speed=20.0)
+    fast_twin = _entry("hirescam", ("layer4",), 0.1, 0.8 + 1e-9, speed=20.0)  # the same map, float rounding
+    costly_twin = _entry("scorecam", ("layer4",), 0.1, 0.8, speed=99.0, extra=64.0)
     bad = _entry("inverted", ("layer4",), 0.5, 0.3, speed=99.0)
-    assert [e.method for e in ranked([bad, good, fast_twin])] == ["hirescam", "gradcam", "inverted"]
+    order = [bad, costly_twin, good, fast_twin]
+    assert [e.method for e in ranked(order)] == ["gradcam", "hirescam", "scorecam", "inverted"]
+    assert [e.method for e in ranked([fast_twin, good])] == ["hirescam", "gradcam"]  # the order given
     assert good.score == pytest.approx(0.7) and good.stderr == pytest.approx(0.01 / math.sqrt(3))
     empty = Entry("nothing", ("x",), "x", {}, (), 1.0, 0.0)
     assert ranked([empty, bad])[-1] is empty  # no finite map: last, never NaN first
@@ -168,6 +171,10 @@ def test_out_dir_gets_all_four_reports_and_bad_paths_are_refused(tmp_path: Path)
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is a file"):
         check_out_dir(tmp_path / "file")
+    with pytest.raises(ConfigError, match="cannot be written"):
+        check_out_dir(Path("/proc/no-such-folder/x"))  # found before the model work, not after it
+    check_out_dir(tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()  # the check leaves nothing behind
     with pytest.raises(ConfigError, match="does not exist"):
         check_report_path(tmp_path / "missing" / "x.json")
     with pytest.raises(ConfigError, match="is a folder"):

@@ -187,6 +187,19 @@ def test_the_check_never_changes_the_checkpoint(config_file, image_folder: Path,
     assert sha256(tiny_weights) == digest and tiny_weights.stat().st_mtime_ns == stat.st_mtime_ns
 
 
+def test_the_runs_metrics_are_not_computed_by_the_check(
+    config_file, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gradcam_cli.engine.metrics as metrics
+
+    computed: list[int] = []
+    real = metrics.compute
+    monkeypatch.setattr(metrics, "compute", lambda *a, **k: computed.append(1) or real(*a, **k))
+    config = config_file(cam={"metrics": ["deletion", "insertion"], "metric_steps": 4}, sanity={"max_steps": 2})
+    result = check_sanity(load_config(config), [str(image_folder)])
+    assert len(result.steps) == 3 and computed == []  # the maps only: cam.metrics are for `gradcam run`
+
+
 def test_max_steps_stops_the_cascade_early(config_file, image_folder: Path) -> None:
     result = check_sanity(load_config(config_file(sanity={"max_steps": 2, "random_class": False})), [str(image_folder)])
     assert [s.name for s in result.steps] == ["head", "features.3"]

@@ -303,3 +303,15 @@ def test_shards_of_a_previous_release_folder_merge_after_one_is_rerun(
     info = json.loads((out / "run.json").read_text())
     assert info["migrated_from"] == old_hash and manifest(out)["config_hash"] == info["config_hash"] != old_hash
     assert manifest(out)["summary"]["total"] == 3
+
+
+def test_shards_merge_their_metric_passes(config_file, image_folder: Path, tmp_path: Path) -> None:
+    config = str(config_file(cam={"metrics": ["confidence_change"]}))
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert gradcam("run", "-c", config, "-i", str(image_folder), "-o", str(single), "-q").exit_code == 0
+    for k in (1, 2):
+        assert (
+            gradcam("run", "-c", config, "-i", str(image_folder), "-o", str(sharded), "--shard", f"{k}/2").exit_code
+            == 0
+        )
+    assert manifest(sharded)["run"]["metric_passes"] == manifest(single)["run"]["metric_passes"] == 3  # 1 per image

@@ -70,6 +70,8 @@ def metric_summary(records: Iterable[dict[str, Any]], names: list[str]) -> dict[
                     base.append(score)
     summary = {name: describe(values[name]) | {"missing": missing[name]} for name in names}
     if "confidence_change" in summary:
-        summary["confidence_change"]["average_drop"] = round(average_drop(changes, base), 6)
-        summary["confidence_change"]["increase_in_confidence"] = round(increase_in_confidence(changes), 6)
+        summary["confidence_change"]["average_drop"] = round(average_drop(changes, base), 6) if changes else None
+        summary["confidence_change"]["increase_in_confidence"] = (
+            round(increase_in_confidence(changes), 6) if changes else None  # no value: null, as the mean
+        )
     return summary

@@ -9,19 +9,22 @@ The ranking rule: each explained map gets the score
 
 (`deletion` and `road_most` count negatively, `insertion`, `confidence_change` and `road_least` positively;
 every one is a probability or an area under a probability curve, so they share a scale). A combination's
-score is the mean over its maps; the highest ranks first, ties go to the faster one. The standard error
-of that mean is shown beside it: two combinations closer than about two standard errors are not told
-apart by this sample.
+score is the mean over its maps; the highest ranks first; ties (equal to 6 decimals) go to the one with
+fewer extra forward passes, then to the order given (never to the measured speed: reruns pick the same).
+The standard error of that mean is shown beside it: two combinations closer than about two standard
+errors are not told apart by this sample.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import math
 import re
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -93,10 +96,14 @@ class Entry:
         return self.layers[0] if len(self.layers) == 1 else list(self.layers)
 
 
+SCORE_DECIMALS = 6  # scores equal to 6 decimals tie: the same map by two rules differs by float rounding
+
+
 def ranked(entries: list[Entry]) -> list[Entry]:
-    """Best first: the highest mean score, then the faster, then the order given."""
+    """Best first: the highest mean score (to SCORE_DECIMALS), then fewer extra forward passes, then the
+    order given; never the measured speed, so the same sweep always picks the same winner."""
     order = {id(entry): index for index, entry in enumerate(entries)}
-    return sorted(entries, key=lambda e: (-e.score, -e.images_per_second, order[id(e)]))
+    return sorted(entries, key=lambda e: (-round(e.score, SCORE_DECIMALS), e.extra_passes, order[id(e)]))
 
 
 @dataclass
@@ -148,7 +155,10 @@ class Sweep:
                 "higher_is_better": {name: self.higher_is_better[name] for name in self.metrics},
                 "passes_per_map": self.metric_passes,
             },
-            "rule": f"score = mean over maps of ({self.rule}); higher is better; ties: the faster first",
+            "rule": (
+                f"score = mean over maps of ({self.rule}); higher is better; "
+                "ties: fewer extra passes, then the order given"
+            ),
             "seconds": round(self.seconds, 3),
             "ranking": [
                 {
@@ -370,10 +380,24 @@ def check_report_path(path: Path) -> None:
 
 
 def check_out_dir(path: Path) -> None:
-    """--out DIR: a folder (made when missing, with its parents) that is not a file."""
+    """--out DIR: a folder (made when missing, with its parents, once the sweep has results) that is not a
+    file and can be made and written: tried before the model work, and what the try made is removed again,
+    so a bad one costs nothing and a refused sweep leaves nothing behind."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} is a file; give a folder for the sweep's reports.")
+    made = [folder for folder in (path, *path.parents) if not folder.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ConfigError(f"--out {path} cannot be written ({reason}); give a folder you can write.") from None
+    finally:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def write_json(sweep: Sweep, path: Path) -> None:

@@ -264,6 +264,8 @@ def _finish_shard(
         summary.note = f"shard {shard.label} stopped before its end: not complete; rerun it to resume"
         return None
     counts = {"total": summary.total, "ok": summary.ok, "failed": summary.failed, "skipped": summary.skipped}
+    if summary.metric_passes is not None:
+        counts["metric_passes"] = summary.metric_passes  # the merged manifest's run.metric_passes
     write_marker(out_dir, shard, config_hash, header, counts)
     markers = complete_markers(out_dir)
     waiting = [k for k in range(shard.count) if (k, shard.count) not in markers]

@@ -184,6 +184,7 @@ def check_sanity(
     # Unfolded BatchNorm: the blocks are the model's own modules, and resetting one gives a fresh layer.
     config = config.model_copy(update={"runtime": config.runtime.model_copy(update={"fuse_batchnorm": False})})
     prepared = prepare(config)
+    prepared.engine.metrics = None  # cam.metrics are the run's: the check compares maps, nothing else
     module = prepared.engine.model
     height, width = config.preprocess.size
     example = torch.zeros(1, 3, height, width, device=prepared.device)

@@ -262,5 +262,8 @@ def write_merged(plan: MergePlan) -> tuple[Path, dict[str, Any]]:
         header["finished_at"] = max(ends)
     run = {key: sum(int(m.get("summary", {}).get(key, 0)) for m in markers) for key in ("ok", "failed", "skipped")}
     run.update(complete=True, interrupted_by=None, left=None)  # every shard completed, or there is no merge
+    passes = [m["summary"]["metric_passes"] for m in markers if "metric_passes" in m.get("summary", {})]
+    if passes:  # cam.metrics: every shard's extra forward passes
+        run["metric_passes"] = sum(int(p) for p in passes)
     path, counts = write_manifest(plan.out_dir, header, run, records_files=plan.records_files, latest=plan.latest)
     return path, {**counts, "skipped": run["skipped"]}
