@@ -83,7 +83,7 @@ def test_the_rule_signs_every_metric_so_that_higher_is_better() -> None:
 
 def test_ranking_is_by_mean_score_then_fewer_passes_then_the_order_given_never_speed() -> None:
     good = _entry("gradcam", ("layer4",), 0.1, 0.8)
-    fast_twin = _entry("hirescam", ("layer4",), 0.1, 0.8 + 1e-9, speed=20.0)  # the same map, float rounding
+    fast_twin = _entry("hirescam", ("layer4",), 0.1, 0.8 + 2e-6, speed=20.0)  # the same map, float rounding
     costly_twin = _entry("scorecam", ("layer4",), 0.1, 0.8, speed=99.0, extra=64.0)
     bad = _entry("inverted", ("layer4",), 0.5, 0.3, speed=99.0)
     order = [bad, costly_twin, good, fast_twin]

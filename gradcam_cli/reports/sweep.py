@@ -9,7 +9,7 @@ The ranking rule: each explained map gets the score
 
 (`deletion` and `road_most` count negatively, `insertion`, `confidence_change` and `road_least` positively;
 every one is a probability or an area under a probability curve, so they share a scale). A combination's
-score is the mean over its maps; the highest ranks first; ties (equal to 6 decimals) go to the one with
+score is the mean over its maps; the highest ranks first; ties (equal to 4 decimals) go to the one with
 fewer extra forward passes, then to the order given (never to the measured speed: reruns pick the same).
 The standard error of that mean is shown beside it: two combinations closer than about two standard
 errors are not told apart by this sample.
@@ -96,7 +96,7 @@ class Entry:
         return self.layers[0] if len(self.layers) == 1 else list(self.layers)
 
 
-SCORE_DECIMALS = 6  # scores equal to 6 decimals tie: the same map by two rules differs by float rounding
+SCORE_DECIMALS = 4  # scores equal to 4 decimals tie: the same map by two rules differs by float rounding (1e-6)
 
 
 def ranked(entries: list[Entry]) -> list[Entry]:
