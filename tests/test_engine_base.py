@@ -247,6 +247,16 @@ def test_host_copies_a_batch_once_and_keeps_every_figure(monkeypatch) -> None:
     assert all(torch.equal(torch.from_numpy(host.metrics[name]), batch.metrics[name]) for name in host.metrics)
 
 
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_copies_from_the_gpu_through_pinned_memory_and_equals_the_cpu_copy() -> None:
+    from gradcam_cli.engine.base import _to_host
+
+    values = torch.rand(3, 2, 8, 8)
+    on_gpu = _to_host(values.cuda())
+    assert np.array_equal(on_gpu, values.numpy()) and on_gpu.dtype == np.float32
+
 # explain_each: several methods and layers from one pass (`gradcam sweep`) --------------------------------------
 def _calibrated_model() -> nn.Module:
     """The tiny CNN with BatchNorm statistics from random inputs, so every method gives a shaped map."""

@@ -85,7 +85,7 @@ class CamBatch:
         parts += ([self.cams] if cams else []) + ([self.raw] if raw else [])
         metric_names = list(self.metrics or {})
         parts += [self.metrics[name] for name in metric_names]  # type: ignore[index]
-        packed = torch.cat([part.detach().reshape(-1).float() for part in parts]).cpu().numpy()
+        packed = _to_host(torch.cat([part.detach().reshape(-1).float() for part in parts]))
         arrays, start = [], 0
         for part in parts:
             arrays.append(packed[start : start + part.numel()].reshape(part.shape))
@@ -107,6 +107,17 @@ class CamBatch:
     def quality(self) -> list[list[str]]:
         """(B, K) ok | empty | flat | nonfinite | underflow (fp16 gradients all zero)."""
         return self.host(cams=False).quality
+
+
+def _to_host(tensor: torch.Tensor) -> np.ndarray:
+    """One copy to the host; from a GPU into pinned memory (PyTorch caches those buffers), which copies at
+    about twice the bandwidth of pageable memory: a batch of 256 CAMs at 224x224 is 50 MB per class."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu().numpy()
+    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    pinned.copy_(tensor, non_blocking=True)
+    torch.cuda.current_stream(tensor.device).synchronize()  # the copy is done before anyone reads it
+    return pinned.numpy()
 
 
 def default_to_spatial(activation: torch.Tensor) -> torch.Tensor:
