@@ -17,7 +17,6 @@ import os
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +30,7 @@ from gradcam_cli.io.encode import THUMBNAIL_SIZE, jpeg_preview
 from gradcam_cli.io.files import Within, atomic_write_bytes, inside
 from gradcam_cli.io.manifest import read_manifest
 from gradcam_cli.io.outputs import thumbnail_name
+from gradcam_cli.reports.page import read_template
 
 REPORT_NAME = "index.html"
 PAGE_SIZE = 200
@@ -317,7 +317,7 @@ def _script_json(data: Any) -> str:
 
 def render_report(out_dir: Path, manifest: dict[str, Any], data: dict[str, Any]) -> str:
     """The complete page: the template with the title, header and data filled in (one pass, no re-scan)."""
-    template = resources.files("gradcam_cli.reports").joinpath("templates/report.html").read_text(encoding="utf-8")
+    template = read_template("report.html")
     values = {
         "TITLE": html.escape(f"Grad-CAM report: {Path(out_dir).resolve().name}"),
         "HEADER": _header(out_dir, manifest, data),

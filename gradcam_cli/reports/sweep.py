@@ -26,7 +26,6 @@ import re
 import statistics
 import tempfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from gradcam_cli.io.encode import jpeg_preview
 from gradcam_cli.io.files import atomic_write_bytes
 from gradcam_cli.io.overlay import blend
 from gradcam_cli.reports.compare_formats import printable
+from gradcam_cli.reports.page import read_template
 
 SCHEMA_VERSION = 1
 TABLE_ROWS = 40  # terminal and Markdown
@@ -356,7 +356,7 @@ def html_page(sweep: Sweep) -> str:
         + _examples(sweep)
         + (f"<section><h2>Skipped images</h2><ul>{skipped}</ul></section>" if skipped else "")
     )
-    template = resources.files("gradcam_cli.reports").joinpath("templates/sweep.html").read_text(encoding="utf-8")
+    template = read_template("sweep.html")
     values = {
         "TITLE": html.escape(printable(f"Grad-CAM sweep: {sweep.best.method} on {sweep.best.layer_label}")),
         "HEADER": _header(sweep),
