@@ -4,9 +4,8 @@ makes their model inputs, and later colours, blends and encodes their overlays; 
 On a GPU (nvJPEG) a batch's originals stay in GPU memory from the decode to the overlay, never in host
 memory: batch_size x width x height x 3 bytes of GPU memory (9 GB for 256 photos of 12 MP) when the device
 makes the overlays (full-size JPEG ones); otherwise they are decoded DECODE_CHUNK at a time and dropped
-once their model inputs are made. Heatmaps
-are still made by the render workers from the CAM at the model input size, as on the CPU path, so they
-do not depend on where the JPEG was decoded beyond its model input.
+once their model inputs are made. Heatmaps are still made by the render workers from the CAM at the model
+input size, as on the CPU path, so they do not depend on where the JPEG was decoded beyond its model input.
 """
 
 from __future__ import annotations
